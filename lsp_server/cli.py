@@ -1,0 +1,121 @@
+"""The ``swiftguard`` command: serve, complete, model info/prepare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from .settings import DTYPES, Settings
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    parser.add_argument("--model", default=None, help="model folder, .gguf file or hub id (default: embedded)")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPES)
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swiftguard", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the language server (stdio by default)")
+    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
+
+    complete = commands.add_parser("complete", help="complete once at a position and print it")
+    complete.add_argument("file", type=Path)
+    complete.add_argument("--line", type=int, required=True, help="0-based line")
+    complete.add_argument("--col", type=int, required=True, help="0-based column (code points)")
+    complete.add_argument("--workspace", type=Path, help="workspace root (default: the file's folder)")
+    complete.add_argument("--max-new-tokens", type=int, default=Settings().max_new_tokens)
+    complete.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_model_options(complete)
+
+    model = commands.add_parser("model", help="show or prepare the model")
+    model.add_argument("action", choices=("info", "prepare"))
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import server
+
+    if args.tcp is not None:
+        server.start_tcp("127.0.0.1", args.tcp)  # loopback only: never expose the model
+    else:
+        server.start_io()
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from .api import CompletionRequest
+    from .documents import UTF32, split_at
+    from .engine import ModelLoadError, build_engine
+
+    file = args.file.resolve()
+    root = (args.workspace or file.parent).resolve()
+    if not file.is_relative_to(root):
+        print(f"error: {file} is outside the workspace {root}", file=sys.stderr)
+        return 2
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {file}: {exc}", file=sys.stderr)
+        return 2
+    cursor = split_at(source, args.line, args.col, UTF32)
+    if cursor is None:
+        print(f"error: line {args.line} is past the end of {file}", file=sys.stderr)
+        return 2
+    try:
+        engine = build_engine(args.model, args.device, args.dtype, args.trust_remote_code,
+                              lambda msg: print(msg, file=sys.stderr))
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    request = CompletionRequest(cursor.prefix, cursor.suffix, args.max_new_tokens, document_key=file.as_uri())
+    result = engine.complete(request, threading.Event())
+    if args.json:
+        print(json.dumps({"completion": result.text, "engine": engine.describe(), "stats": result.stats.as_json()}, indent=2))
+    else:
+        print(result.text)
+        stats = result.stats
+        print(
+            f"-- {stats.new_tokens} new tokens in {stats.seconds:.2f}s ({stats.tokens_per_second:.1f} tokens/s), "
+            f"stop: {stats.stop_reason}, {engine.describe()['model']} on {engine.describe()['device']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    from .engine import default_model
+
+    if args.action == "prepare":
+        try:
+            path = default_model.prepare(lambda msg: print(msg, file=sys.stderr))
+        except default_model.DefaultModelUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(path)
+        return 0
+    print(json.dumps(default_model.info(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command in (None, "serve"):
+        if args.command is None:
+            args.tcp = None
+        return _serve(args)
+    if args.command == "complete":
+        return _complete(args)
+    return _model(args)

@@ -1,0 +1,66 @@
+"""The local engine: a warm model answering completion requests.
+
+Order of work per request, cheapest first: the typed-ahead cache (no model at all),
+then the prompt with KV reuse and greedy decoding under the stop rules.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..api import CompletionRequest, CompletionResult, CompletionStats
+from .decoding import GreedyDecoder
+from .loader import LoadedModel
+from .prompt import PromptBuilder
+from .stopping import baseline_rules, tidy_completion
+from .typeahead import TypeaheadCache
+
+
+class LocalEngine:
+    """Implements :class:`lsp_server.api.CompletionEngine` on a loaded transformers model."""
+
+    def __init__(self, loaded: LoadedModel, reuse_kv: bool = True) -> None:
+        self.loaded = loaded
+        self.prompts = PromptBuilder(loaded.tokenizer)
+        self.decoder = GreedyDecoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
+        self.typeahead = TypeaheadCache()
+
+    def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
+        started = time.perf_counter()
+        rest = self.typeahead.lookup(request.document_key, request.prefix, request.suffix)
+        if rest is not None:
+            stats = CompletionStats(source="typeahead", seconds=time.perf_counter() - started)
+            return CompletionResult(rest, stats)
+        prompt = self.prompts.build(request.prefix, request.suffix, request.context_tokens)
+        rules = baseline_rules()
+        rules.begin(request.prefix, request.suffix)
+        out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel)
+        stats = CompletionStats(
+            new_tokens=len(out.token_ids),
+            seconds=time.perf_counter() - started,
+            prompt_tokens=out.prompt_tokens,
+            reused_prompt_tokens=out.reused_prompt_tokens,
+            time_to_first_token=out.time_to_first_token,
+            forward_passes=out.forward_passes,
+            stop_reason=out.stop_reason,
+        )
+        if out.stop_reason == "cancelled":
+            return CompletionResult("", stats, cancelled=True)
+        text = tidy_completion(out.text, request.suffix)
+        self.typeahead.remember(request.document_key, request.prefix, request.suffix, text)
+        return CompletionResult(text, stats)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.loaded.name,
+            "device": str(self.loaded.device),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "fim": self.prompts.uses_fim,
+            "load_seconds": round(self.loaded.load_seconds, 2),
+        }
+
+    def close(self) -> None:
+        self.decoder.kv.clear()
+        self.typeahead.clear()

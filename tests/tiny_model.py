@@ -44,10 +44,10 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():
-        # Random heads love whitespace and stop tokens, which makes empty completions;
-        # muting them keeps the nonsense visible.
+        # Mute whitespace and special tokens: the model then never stops by itself nor
+        # leaves a line, so tests control the length with maxNewTokens and cancellation.
         for token_id in range(len(fast)):
-            if not fast.decode([token_id]).strip():
+            if token_id in fast.all_special_ids or not fast.decode([token_id]).strip():
                 model.lm_head.weight[token_id].zero_()
     model.save_pretrained(target)
     fast.save_pretrained(target)

@@ -18,8 +18,9 @@ _FIM_DIALECTS = (
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder family
     ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),  # DeepSeek-Coder
 )
-# Tokens after which a FIM model has finished the middle part.
-_END_OF_MIDDLE = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|im_end|>", "<|repo_name|>", "<file_sep>", "<｜end▁of▁sentence｜>")
+# Tokens after which a FIM model has finished the middle part, where the tokenizer does
+# not mark them special.
+_END_OF_MIDDLE = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<file_sep>", "<｜end▁of▁sentence｜>")
 _CHARS_PER_TOKEN_MAX = 8  # generous upper bound, used to avoid tokenizing whole huge files
 
 
@@ -63,8 +64,9 @@ class PromptBuilder:
     def _find_stop_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
         vocab = tokenizer.get_vocab()
         ids = {vocab[token] for token in _END_OF_MIDDLE if token in vocab}
-        if tokenizer.eos_token_id is not None:
-            ids.add(tokenizer.eos_token_id)
+        # Any control token (a new FIM sentinel, a chat turn marker) ends plain code.
+        ids.update(tokenizer.all_special_ids)
+        ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
         return frozenset(ids)
 
     @property

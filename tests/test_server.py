@@ -1,0 +1,220 @@
+"""End to end: the real server in a subprocess, driven over stdio by pytest-lsp."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+SERVER = ClientServerConfig(server_command=[sys.executable, "-m", "lsp_server", "serve"])
+SOURCE = "import os\n\n\ndef list_files(root):\n    \n"
+URI = "file:///workspace/example.py"
+
+
+async def _start(client: LanguageClient, options: dict) -> None:
+    capabilities = client_capabilities("visual-studio-code")
+    capabilities.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+    client.initialize_result = await client.initialize_session(
+        types.InitializeParams(capabilities=capabilities, initialization_options=options,
+                               root_uri="file:///workspace")
+    )
+
+
+async def status(client: LanguageClient) -> dict:
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="swiftguard.status", arguments=[])
+    )
+
+
+async def wait_for_state(client: LanguageClient, *states: str, timeout: float = 120) -> dict:
+    async def poll() -> dict:
+        while (current := await status(client))["engine"]["state"] not in states:
+            await asyncio.sleep(0.1)
+        return current
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+def open_document(client: LanguageClient, text: str = SOURCE, uri: str = URI) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        )
+    )
+
+
+def inline_params(line: int, character: int, uri: str = URI) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+
+
+def configure(client: LanguageClient, **settings) -> None:
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"swiftguard": settings}))
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def client(lsp_client: LanguageClient, tiny_model_dir):
+    await _start(lsp_client, {"model": str(tiny_model_dir), "dtype": "float32", "maxNewTokens": 8})
+    await wait_for_state(lsp_client, "ready")
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def broken_client(lsp_client: LanguageClient, tmp_path):
+    await _start(lsp_client, {"model": str(tmp_path / "no-such-model"), "maxNewTokens": 8})
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_capabilities_and_progress(client: LanguageClient):
+    caps = client.initialize_result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    assert set(caps.execute_command_provider.commands) >= {"swiftguard.status", "swiftguard.restart"}
+    reports = [r for reports in client.progress_reports.values() for r in reports]
+    assert isinstance(reports[0], types.WorkDoneProgressBegin)
+    assert isinstance(reports[-1], types.WorkDoneProgressEnd) and reports[-1].message == "ready"
+
+
+async def test_inline_completion_and_stats(client: LanguageClient):
+    open_document(client)
+    result = await client.text_document_inline_completion_async(inline_params(4, 4))
+    assert len(result.items) == 1
+    item = result.items[0]
+    assert item.insert_text
+    assert item.range.start == types.Position(line=4, character=4)
+    current = await status(client)
+    assert current["engine"]["model"] and current["engine"]["device"] == "cpu"
+    assert current["last_completion"]["new_tokens"] > 0
+    assert current["requests"]["completed"] >= 1
+
+
+async def test_completion_fallback_item_starts_at_the_word(client: LanguageClient):
+    open_document(client, "def list_files(root):\n    ret")
+    result = await client.text_document_completion_async(
+        types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=1, character=7))
+    )
+    assert len(result.items) == 1
+    edit = result.items[0].text_edit
+    assert edit.range.start == types.Position(line=1, character=4)
+    assert edit.new_text.startswith("ret") and len(edit.new_text) > 3
+
+
+async def test_incremental_change_is_seen(client: LanguageClient):
+    open_document(client, "x = 1\n")
+    assert not (await client.text_document_inline_completion_async(inline_params(3, 0))).items
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(start=types.Position(line=1, character=0), end=types.Position(line=1, character=0)),
+                    text="y = 2\nz = 3\ndef f():\n",
+                )
+            ],
+        )
+    )
+    result = await client.text_document_inline_completion_async(inline_params(3, 0))
+    assert len(result.items) == 1
+
+
+async def test_typed_ahead_request_skips_the_model(client: LanguageClient):
+    open_document(client)
+    first = (await client.text_document_inline_completion_async(inline_params(4, 4))).items[0].insert_text
+    typed = first[:2]
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(start=types.Position(line=4, character=4), end=types.Position(line=4, character=4)),
+                    text=typed,
+                )
+            ],
+        )
+    )
+    second = await client.text_document_inline_completion_async(inline_params(4, 4 + len(typed)))
+    assert second.items[0].insert_text == first[len(typed):]
+    assert (await status(client))["last_completion"]["source"] == "typeahead"
+
+
+@pytest.mark.parametrize(
+    ("uri", "text", "line"),
+    [("file:///never-opened.py", None, 0), (URI, SOURCE, 99), (URI, "bin\x00ary\n", 0)],
+    ids=["unknown-uri", "past-end", "binary"],
+)
+async def test_bad_requests_get_empty_results(client: LanguageClient, uri, text, line):
+    if text is not None:
+        open_document(client, text)
+    result = await client.text_document_inline_completion_async(inline_params(line, 0, uri))
+    assert not result.items
+    assert (await status(client))["engine"]["state"] == "ready"
+
+
+async def test_invalid_settings_are_reported_and_previous_value_kept(client: LanguageClient):
+    configure(client, maxNewTokens=-3, bogus=1)
+    await asyncio.sleep(0.3)
+    messages = [m.message for m in client.messages]
+    assert any("maxNewTokens" in m and "keeping 8" in m for m in messages)
+    assert any("unknown setting swiftguard.bogus" in m for m in messages)
+    assert (await status(client))["settings"]["maxNewTokens"] == 8
+
+
+async def test_cancel_request_stops_generation(client: LanguageClient):
+    configure(client, maxNewTokens=4096)
+    open_document(client)
+    await asyncio.sleep(0.2)
+    msg_id = f"cancel-{uuid.uuid4().hex}"
+    pending = asyncio.ensure_future(
+        client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(4, 4), msg_id=msg_id)
+    )
+    await asyncio.sleep(0.3)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+    with pytest.raises(JsonRpcException):
+        await asyncio.wait_for(pending, 30)
+    counts = (await status(client))["requests"]
+    assert counts["cancelled"] == 1
+    configure(client, maxNewTokens=8)
+    await asyncio.sleep(0.2)
+    assert (await client.text_document_inline_completion_async(inline_params(4, 4))).items
+
+
+async def test_newer_request_supersedes_older_without_cancel(client: LanguageClient):
+    configure(client, maxNewTokens=4096)
+    open_document(client)
+    await asyncio.sleep(0.2)
+    older = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(4, 4)))
+    await asyncio.sleep(0.3)
+    configure(client, maxNewTokens=8)
+    await asyncio.sleep(0.2)
+    newer = await client.text_document_inline_completion_async(inline_params(4, 2))
+    assert not (await asyncio.wait_for(older, 30)).items
+    assert newer.items
+    assert (await status(client))["requests"]["superseded"] >= 1
+
+
+async def test_restart_reloads(client: LanguageClient):
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(command="swiftguard.restart", arguments=[]))
+    assert (await wait_for_state(client, "ready"))["engine"]["state"] == "ready"
+
+
+async def test_missing_model_is_shown_and_server_stays_up(broken_client: LanguageClient):
+    current = await wait_for_state(broken_client, "error")
+    assert "does not exist" in current["engine"]["error"]
+    async def shown() -> None:
+        while not any(m.type == types.MessageType.Error and "could not load" in m.message for m in broken_client.messages):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(shown(), 10)
+    open_document(broken_client)
+    assert not (await broken_client.text_document_inline_completion_async(inline_params(4, 4))).items

@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_model_options(complete)
 
+    latency = commands.add_parser("latency", help="measure load, latency, typed-ahead and KV-reuse times")
+    latency.add_argument("--repeat", type=int, default=3)
+    latency.add_argument("--max-new-tokens", type=int, default=32)
+    _add_model_options(latency)
+
     model = commands.add_parser("model", help="show or prepare the model")
     model.add_argument("action", choices=("info", "prepare"))
     return parser
@@ -119,4 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "complete":
         return _complete(args)
+    if args.command == "latency":
+        from .bench import latency
+
+        return latency.main(args)
     return _model(args)

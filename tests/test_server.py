@@ -57,6 +57,17 @@ def inline_params(line: int, character: int, uri: str = URI) -> types.InlineComp
     )
 
 
+def insert_text(client: LanguageClient, line: int, character: int, text: str, version: int = 2) -> None:
+    """An incremental didChange inserting ``text`` at a position, as typing does."""
+    at = types.Position(line=line, character=character)
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=text)],
+        )
+    )
+
+
 def configure(client: LanguageClient, **settings) -> None:
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"swiftguard": settings}))
 
@@ -113,17 +124,7 @@ async def test_completion_fallback_item_starts_at_the_word(client: LanguageClien
 async def test_incremental_change_is_seen(client: LanguageClient):
     open_document(client, "x = 1\n")
     assert not (await client.text_document_inline_completion_async(inline_params(3, 0))).items
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(start=types.Position(line=1, character=0), end=types.Position(line=1, character=0)),
-                    text="y = 2\nz = 3\ndef f():\n",
-                )
-            ],
-        )
-    )
+    insert_text(client, 1, 0, "y = 2\nz = 3\ndef f():\n")
     result = await client.text_document_inline_completion_async(inline_params(3, 0))
     assert len(result.items) == 1
 
@@ -132,17 +133,7 @@ async def test_typed_ahead_request_skips_the_model(client: LanguageClient):
     open_document(client)
     first = (await client.text_document_inline_completion_async(inline_params(4, 4))).items[0].insert_text
     typed = first[:2]
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(start=types.Position(line=4, character=4), end=types.Position(line=4, character=4)),
-                    text=typed,
-                )
-            ],
-        )
-    )
+    insert_text(client, 4, 4, typed)
     second = await client.text_document_inline_completion_async(inline_params(4, 4 + len(typed)))
     assert second.items[0].insert_text == first[len(typed):]
     assert (await status(client))["last_completion"]["source"] == "typeahead"

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lsp_server.engine.decoding import GreedyDecoder
+from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.stopping import StopDecision
 
@@ -25,9 +25,9 @@ def _reference(loaded, prompt: list[int], max_new_tokens: int, stop_ids) -> list
     return new[: ends[0]] if ends else new
 
 
-def _decoder(loaded, reuse_kv=True) -> GreedyDecoder:
+def _decoder(loaded, reuse_kv=True) -> Decoder:
     stop_ids = PromptBuilder(loaded.tokenizer).stop_ids
-    return GreedyDecoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=reuse_kv)
+    return Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=reuse_kv)
 
 
 def _prompt(loaded, prefix: str, suffix: str = "\n") -> list[int]:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ..api import CompletionRequest, CompletionResult, CompletionStats
-from .decoding import GreedyDecoder
+from .decoding import Decoder
 from .loader import LoadedModel
 from .prompt import PromptBuilder
 from .stopping import baseline_rules, tidy_completion
@@ -24,7 +24,7 @@ class LocalEngine:
     def __init__(self, loaded: LoadedModel, reuse_kv: bool = True) -> None:
         self.loaded = loaded
         self.prompts = PromptBuilder(loaded.tokenizer)
-        self.decoder = GreedyDecoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
         self.typeahead = TypeaheadCache()
 
     def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:

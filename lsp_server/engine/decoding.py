@@ -1,9 +1,11 @@
-"""Greedy decoding, one step at a time, with KV reuse, cancellation and stop rules.
+"""Greedy decoding with optional tree speculation, KV reuse, cancellation and stop rules.
 
-The loop runs the base model and the LM head separately: the prompt's hidden states
-never go through the (vocabulary-sized) head, only the last position does, and the
-final-norm hidden states the stop rules need come out of the same pass.  Greedy argmax
-is unaffected by the monotonic logit post-processing some models apply (soft-capping,
+Every pass is a tree verification (see ``speculation.verify``); plain greedy decoding is
+the special case of an empty tree, so speculation cannot drift from the reference: both
+run the same loop.  The loop runs the base model and the LM head separately: the
+prompt's hidden states never go through the vocabulary-sized head, and the final-norm
+hidden states the stop rules need come out of the same pass.  Greedy argmax is not
+changed by the monotonic logit post-processing some models apply (soft-capping,
 scaling), so applying the head directly is exact for greedy decoding.
 """
 
@@ -12,13 +14,30 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .kv_reuse import PrefixKVCache
+from .speculation.draft_tree import DraftTree
+from .speculation.verify import TreeVerifier
 from .stopping import StopRule
+
+
+class Drafter(Protocol):
+    """Proposes a draft tree for the next pass and learns from what was accepted."""
+
+    def begin(self, prompt: Sequence[int]) -> None: ...
+
+    def draft(self, tokens: Sequence[int]) -> DraftTree:
+        """A tree rooted at ``tokens[-1]`` (the prompt plus everything generated so far)."""
+        ...
+
+    def accepted(self, tokens: Sequence[int], tree: DraftTree, path: list[int], accepted: list[int], seconds: float) -> None:
+        """Feedback after a pass: which nodes matched and how long the pass took."""
+        ...
 
 
 @dataclass
@@ -31,10 +50,12 @@ class DecodeOutput:
     reused_prompt_tokens: int
     time_to_first_token: float
     seconds: float
+    accepted_per_pass: list[int] = field(default_factory=list)
+    """Tokens each pass produced (1 = no draft token accepted)."""
 
 
-class GreedyDecoder:
-    """Plain greedy decoding on a warm model; the reference that speculation must match."""
+class Decoder:
+    """Greedy decoding on a warm model; speculative when given a drafter."""
 
     def __init__(
         self,
@@ -48,20 +69,13 @@ class GreedyDecoder:
         self.stop_ids = stop_ids
         self.reuse_kv = reuse_kv
         self.kv = PrefixKVCache()
-        self._body = model.get_decoder()
-        self._head = model.get_output_embeddings()
-        self._device = model.device
+        self.verify = TreeVerifier(model.get_decoder(), model.get_output_embeddings(), model.device, model.dtype)
 
     @torch.inference_mode()
     def hidden_states(self, ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:
         """Final-norm hidden states of ``ids`` appended to ``cache`` (which grows)."""
-        input_ids = torch.tensor([list(ids)], device=self._device)
-        out = self._body(input_ids=input_ids, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[0]
-
-    @torch.inference_mode()
-    def next_token(self, hidden: torch.Tensor) -> int:
-        return int(self._head(hidden).argmax(-1))
+        input_ids = torch.tensor([list(ids)], device=self.model.device)
+        return self.verify.body(input_ids=input_ids, past_key_values=cache, use_cache=True).last_hidden_state[0]
 
     def generate(
         self,
@@ -69,48 +83,60 @@ class GreedyDecoder:
         max_new_tokens: int,
         stop_rule: StopRule | None = None,
         cancel: threading.Event | None = None,
+        drafter: Drafter | None = None,
     ) -> DecodeOutput:
         """Decode greedily after ``prompt`` until a stop token, a stop rule or the budget."""
         started = time.perf_counter()
         cache, reused = self.kv.take(prompt) if self.reuse_kv else (DynamicCache(), 0)
-        fed: list[int] = list(prompt[:reused])
-        feed: list[int] = list(prompt[reused:])
+        fed: list[int] = list(prompt[:reused])  # exactly the tokens whose keys/values are in ``cache``
+        pending: list[int] = list(prompt[reused:])
         generated: list[int] = []
+        per_pass: list[int] = []
         text = ""
         keep_chars: int | None = None
         reason = "length"
-        passes = 0
         first_token_at = 0.0
-        while len(generated) < max_new_tokens:
+        if drafter is not None:
+            drafter.begin(prompt)
+        while len(generated) < max_new_tokens and reason == "length":
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
                 break
-            hidden = self.hidden_states(feed, cache)[-1]
-            fed.extend(feed)
-            passes += 1
-            token = self.next_token(hidden)
-            if passes == 1:
+            tree = drafter.draft(list(prompt) + generated) if drafter is not None and generated else DraftTree.empty()
+            pass_started = time.perf_counter()
+            verified = self.verify(cache, pending, tree)
+            fed.extend(pending)
+            fed.extend(tree.tokens[node] for node in verified.path)
+            if drafter is not None and len(tree):
+                drafter.accepted(list(prompt) + generated, tree, verified.path, verified.accepted,
+                                 time.perf_counter() - pass_started)
+            if not per_pass:
                 first_token_at = time.perf_counter() - started
-            if token in self.stop_ids:
-                reason = "end-of-text"
-                break
-            generated.append(token)
-            text = self.tokenizer.decode(generated)
-            if stop_rule is not None:
-                decision = stop_rule.step(text, [token], hidden[None])
-                if decision is not None:
-                    keep_chars, reason = decision.keep_chars, decision.reason
-                    break
-            feed = [token]
-        if self.reuse_kv:  # the cache holds exactly ``fed``: passes only end between steps
+            accepted = verified.accepted[: max_new_tokens - len(generated)]
+            ends = [i for i, token in enumerate(accepted) if token in self.stop_ids]
+            if ends:
+                accepted, reason = accepted[: ends[0]], "end-of-text"
+            per_pass.append(len(accepted))
+            if accepted:
+                generated.extend(accepted)
+                text = self.tokenizer.decode(generated)
+                if stop_rule is not None:
+                    decision = stop_rule.step(text, accepted, verified.hidden[: len(accepted)])
+                    if decision is not None:
+                        keep_chars, reason = decision.keep_chars, decision.reason
+            pending = [verified.accepted[-1]] if len(accepted) == len(verified.accepted) else []
+            if not pending:
+                break  # stopped inside this pass's tokens: nothing more to feed
+        if self.reuse_kv:
             self.kv.keep(fed, cache)
         return DecodeOutput(
             token_ids=generated,
             text=text if keep_chars is None else text[:keep_chars],
             stop_reason=reason,
-            forward_passes=passes,
+            forward_passes=len(per_pass),
             prompt_tokens=len(prompt),
             reused_prompt_tokens=reused,
             time_to_first_token=first_token_at,
             seconds=time.perf_counter() - started,
+            accepted_per_pass=per_pass,
         )

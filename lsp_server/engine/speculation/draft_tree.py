@@ -1,0 +1,108 @@
+"""The token tree that one verification pass checks.
+
+Drafts (token sequences that might come next) are merged into a trie; every trie node
+gets an estimated probability that the model accepts it, and the best ``n`` nodes are
+flattened into arrays: token, parent index and depth per node.  Because a node's
+probability never exceeds its parent's (it is the parent's times a fraction), the top
+``n`` by probability always form a tree: every chosen node's parent is chosen too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class _TrieNode:
+    token: int
+    weight: float = 0.0
+    sources: set[str] = field(default_factory=set)
+    children: dict[int, "_TrieNode"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """A flattened token tree; node ``i``'s parent is ``parents[i]`` (-1: the root).
+
+    The root itself is not a node: it is the last token that the model already has
+    (or is being fed), and depth-1 nodes are guesses for the token after it.
+    """
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+    probabilities: list[float]
+    sources: list[frozenset[str]]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def empty(cls) -> DraftTree:
+        return cls([], [], [], [], [])
+
+    def children_of(self, parent: int) -> dict[int, int]:
+        """token -> node index for the children of ``parent`` (-1 for the root)."""
+        return {self.tokens[i]: i for i, p in enumerate(self.parents) if p == parent}
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root's child down to ``node``."""
+        path = []
+        while node != -1:
+            path.append(node)
+            node = self.parents[node]
+        return path[::-1]
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """Bool [n, n]: entry (i, j) is True when node j is node i or one of its ancestors."""
+        n = len(self.tokens)
+        mask = torch.eye(n, dtype=torch.bool)
+        for i, parent in enumerate(self.parents):
+            if parent != -1:
+                mask[i] |= mask[parent]  # parents always come before their children
+        return mask
+
+
+def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: int, acceptance: float = 1.0) -> DraftTree:
+    """Merge weighted drafts into a trie and keep the ``max_nodes`` most probable nodes.
+
+    A node's probability is its parent's times its share of the parent's weight, times
+    ``acceptance`` (the observed chance that a draft token is right), so deep guesses
+    that few drafts agree on rank low.  Nodes come out parents-first.
+    """
+    root = _TrieNode(token=-1)
+    for tokens, weight, source in drafts:
+        node = root
+        for token in tokens:
+            node = node.children.setdefault(token, _TrieNode(token))
+            node.weight += weight
+            node.sources.add(source)
+        root.weight += weight
+    if max_nodes <= 0 or not root.children:
+        return DraftTree.empty()
+    order = itertools.count()
+    heap: list[tuple[float, int, _TrieNode, int, int]] = []
+
+    def push_children(node: _TrieNode, probability: float, index: int, depth: int) -> None:
+        total = sum(child.weight for child in node.children.values())
+        for child in node.children.values():
+            p = probability * acceptance * child.weight / total
+            heapq.heappush(heap, (-p, next(order), child, index, depth + 1))
+
+    push_children(root, 1.0, -1, 0)
+    tree = DraftTree([], [], [], [], [])
+    while heap and len(tree.tokens) < max_nodes:
+        negative_p, _, node, parent, depth = heapq.heappop(heap)
+        index = len(tree.tokens)
+        tree.tokens.append(node.token)
+        tree.parents.append(parent)
+        tree.depths.append(depth)
+        tree.probabilities.append(-negative_p)
+        tree.sources.append(frozenset(node.sources))
+        push_children(node, -negative_p, index, depth)
+    return tree

@@ -1,0 +1,101 @@
+"""Verify a draft tree in one forward pass and keep only what the model agrees with.
+
+The pass feeds the *pending* tokens (not yet in the KV cache; the last one is the tree's
+root) followed by every tree node.  A 4D attention mask lets each node see the cache,
+the pending tokens and its own ancestors only, and position ids put each node at its
+depth, so every node's hidden state is exactly what sequential decoding of its path
+would produce.  Greedy acceptance then walks from the root: the model's argmax at the
+current node is accepted, and if a child carries that token the walk moves there.  The
+output is therefore the greedy output, token for token; the tree only decides how many
+tokens one pass yields.  Logits are computed lazily along the accepted path, not for
+every node: the LM head is the widest matrix of a small model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .draft_tree import DraftTree
+
+
+@dataclass
+class Verified:
+    accepted: list[int]
+    """Tokens accepted this pass: the matched draft path plus the model's next token."""
+    hidden: torch.Tensor
+    """[len(accepted), hidden]: row j is the state from which ``accepted[j]`` was predicted."""
+    path: list[int]
+    """Tree node indices of the matched draft path."""
+
+
+def tree_attention_mask(past: int, pending: int, tree: DraftTree, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask [1, 1, pending + n, past + pending + n]: 0 where attention is allowed."""
+    n = len(tree)
+    allowed = torch.zeros(pending + n, past + pending + n, dtype=torch.bool)
+    allowed[:, :past] = True
+    allowed[:pending, past : past + pending] = torch.ones(pending, pending, dtype=torch.bool).tril()
+    allowed[pending:, past : past + pending] = True
+    if n:
+        allowed[pending:, past + pending :] = tree.ancestor_mask()
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def tree_position_ids(past: int, pending: int, tree: DraftTree) -> list[int]:
+    root = past + pending - 1
+    return list(range(past, past + pending)) + [root + depth for depth in tree.depths]
+
+
+def keep_cache_positions(cache: DynamicCache, start: int, offsets: list[int]) -> None:
+    """Keep cache positions ``[:start]`` and ``start + offsets``; drop the rest."""
+    for layer in cache.layers:
+        if layer.keys is None:
+            continue
+        if offsets == list(range(len(offsets))):
+            layer.keys = layer.keys[:, :, : start + len(offsets)]
+            layer.values = layer.values[:, :, : start + len(offsets)]
+            continue
+        index = torch.tensor(offsets, device=layer.keys.device) + start
+        layer.keys = torch.cat([layer.keys[:, :, :start], layer.keys.index_select(2, index)], dim=2)
+        layer.values = torch.cat([layer.values[:, :, :start], layer.values.index_select(2, index)], dim=2)
+
+
+class TreeVerifier:
+    """Runs verification passes for one model."""
+
+    def __init__(self, body: torch.nn.Module, head: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        self.body = body
+        self.head = head
+        self.device = device
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def __call__(self, cache: DynamicCache, pending: list[int], tree: DraftTree) -> Verified:
+        past = cache.get_seq_length()
+        ids = torch.tensor([pending + tree.tokens], device=self.device)
+        kwargs = {}
+        if len(tree):
+            positions = tree_position_ids(past, len(pending), tree)
+            kwargs["position_ids"] = torch.tensor([positions], device=self.device)
+            kwargs["attention_mask"] = tree_attention_mask(past, len(pending), tree, self.dtype).to(self.device)
+        out = self.body(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
+        states = out.last_hidden_state[0, len(pending) - 1 :]  # row 0: root, row i + 1: node i
+        children: dict[int, dict[int, int]] = {}
+        for index, parent in enumerate(tree.parents):
+            children.setdefault(parent, {})[tree.tokens[index]] = index
+        node, rows, accepted, path = -1, [0], [], []
+        while True:
+            token = int(self.head(states[rows[-1]]).argmax(-1))
+            accepted.append(token)
+            child = children.get(node, {}).get(token)
+            if child is None:
+                break
+            path.append(child)
+            rows.append(child + 1)
+            node = child
+        keep_cache_positions(cache, past + len(pending), path)
+        return Verified(accepted, states[rows], path)

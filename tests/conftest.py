@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_model import build_tiny_model  # noqa: E402
+
+from lsp_server.engine.default_model import cache_root  # noqa: E402
+
+# The user's cache (where `swiftguard model prepare` put the default model) stays
+# readable to the tests that need it; everything else a test run writes (verify-cost
+# calibrations of throwaway models, persisted caches) goes to a scratch dir.
+USER_CACHE = cache_root()
+os.environ["SWIFTGUARD_CACHE_DIR"] = tempfile.mkdtemp(prefix="swiftguard-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import os
+
 import pytest
 
+from conftest import USER_CACHE
 from lsp_server.engine import default_model
+
+
+@pytest.fixture(autouse=True)
+def user_cache(monkeypatch):
+    """These tests use the default model prepared in the user's cache."""
+    monkeypatch.setenv("SWIFTGUARD_CACHE_DIR", str(USER_CACHE))
 
 pytestmark = [
     pytest.mark.default_model,
@@ -28,7 +37,7 @@ def test_complete_cli_on_the_example_gives_working_code(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "lsp_server", "complete", str(EXAMPLE), "--line", "1", "--col", "4",
          "--max-new-tokens", "48", "--json"],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True, text=True, timeout=600, check=True, env=os.environ.copy(),
     )
     result = json.loads(out.stdout)
     completion = result["completion"]

@@ -47,8 +47,12 @@ class ScriptedDrafter:
         }[self.mode]
         return build_tree(drafts, max_nodes=12)
 
-    def accepted(self, tokens, tree, path, accepted, seconds):
-        self.feedback.append((len(tree), len(path)))
+    def observe(self, tokens, tree, verified, seconds):
+        assert len(verified.logits) == len(verified.accepted)
+        self.feedback.append((len(tree), len(verified.path)))
+
+    def finish(self, prompt, generated):
+        self.finished = list(generated)
 
 
 def test_hand_built_tree_mask_and_positions():

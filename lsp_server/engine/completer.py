@@ -13,7 +13,9 @@ from typing import Any
 from ..api import CompletionRequest, CompletionResult, CompletionStats
 from .decoding import Decoder
 from .loader import LoadedModel
-from .prompt import PromptBuilder
+from .prompt import PromptBuilder, newline_token_ids
+from .speculation.calibration import cost_model_for
+from .speculation.drafter import DrafterConfig, SpeculativeDrafter
 from .stopping import baseline_rules, tidy_completion
 from .typeahead import TypeaheadCache
 
@@ -21,11 +23,19 @@ from .typeahead import TypeaheadCache
 class LocalEngine:
     """Implements :class:`lsp_server.api.CompletionEngine` on a loaded transformers model."""
 
-    def __init__(self, loaded: LoadedModel, reuse_kv: bool = True) -> None:
+    def __init__(
+        self, loaded: LoadedModel, reuse_kv: bool = True, speculation: DrafterConfig | None = DrafterConfig()
+    ) -> None:
         self.loaded = loaded
         self.prompts = PromptBuilder(loaded.tokenizer)
         self.decoder = Decoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
         self.typeahead = TypeaheadCache()
+        self.drafter: SpeculativeDrafter | None = None
+        if speculation is not None:
+            vocab = loaded.model.get_output_embeddings().weight.shape[0]
+            cost = None if speculation.fixed_nodes is not None else cost_model_for(self.decoder.verify, loaded.name, vocab)
+            self.drafter = SpeculativeDrafter(cost, speculation)
+            self.drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
 
     def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
         started = time.perf_counter()
@@ -36,7 +46,7 @@ class LocalEngine:
         prompt = self.prompts.build(request.prefix, request.suffix, request.context_tokens)
         rules = baseline_rules()
         rules.begin(request.prefix, request.suffix)
-        out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel)
+        out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel, self.drafter)
         stats = CompletionStats(
             new_tokens=len(out.token_ids),
             seconds=time.perf_counter() - started,

@@ -22,7 +22,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .kv_reuse import PrefixKVCache
 from .speculation.draft_tree import DraftTree
-from .speculation.verify import TreeVerifier
+from .speculation.verify import TreeVerifier, Verified
 from .stopping import StopRule
 
 
@@ -35,8 +35,12 @@ class Drafter(Protocol):
         """A tree rooted at ``tokens[-1]`` (the prompt plus everything generated so far)."""
         ...
 
-    def accepted(self, tokens: Sequence[int], tree: DraftTree, path: list[int], accepted: list[int], seconds: float) -> None:
-        """Feedback after a pass: which nodes matched and how long the pass took."""
+    def observe(self, tokens: Sequence[int], tree: DraftTree, verified: Verified, seconds: float) -> None:
+        """Feedback after every pass (``tokens[-1]`` was its root): what matched, how long it took."""
+        ...
+
+    def finish(self, prompt: Sequence[int], generated: Sequence[int]) -> None:
+        """The completion is over: a chance to remember it."""
         ...
 
 
@@ -107,9 +111,8 @@ class Decoder:
             verified = self.verify(cache, pending, tree)
             fed.extend(pending)
             fed.extend(tree.tokens[node] for node in verified.path)
-            if drafter is not None and len(tree):
-                drafter.accepted(list(prompt) + generated, tree, verified.path, verified.accepted,
-                                 time.perf_counter() - pass_started)
+            if drafter is not None:
+                drafter.observe(list(prompt) + generated, tree, verified, time.perf_counter() - pass_started)
             if not per_pass:
                 first_token_at = time.perf_counter() - started
             accepted = verified.accepted[: max_new_tokens - len(generated)]
@@ -127,8 +130,10 @@ class Decoder:
             pending = [verified.accepted[-1]] if len(accepted) == len(verified.accepted) else []
             if not pending:
                 break  # stopped inside this pass's tokens: nothing more to feed
-        if self.reuse_kv:
+        if self.reuse_kv:  # the cache holds exactly ``fed``: passes only end between steps
             self.kv.keep(fed, cache)
+        if drafter is not None and reason != "cancelled":
+            drafter.finish(prompt, generated)
         return DecodeOutput(
             token_ids=generated,
             text=text if keep_chars is None else text[:keep_chars],

@@ -32,6 +32,11 @@ class Prompt:
     suffix_chars: int
 
 
+def newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Tokens that contain a line break (byte-level BPE spells it "Ċ")."""
+    return frozenset(i for token, i in tokenizer.get_vocab().items() if "Ċ" in token or "\n" in token)
+
+
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str, offsets: bool = False) -> dict:
     # split_special_tokens: a literal "<|fim_prefix|>" typed in a file is text, not a control token.
     return tokenizer(

@@ -46,9 +46,9 @@ class DraftTree:
     def empty(cls) -> DraftTree:
         return cls([], [], [], [], [])
 
-    def children_of(self, parent: int) -> dict[int, int]:
-        """token -> node index for the children of ``parent`` (-1 for the root)."""
-        return {self.tokens[i]: i for i, p in enumerate(self.parents) if p == parent}
+    def prefix(self, n: int) -> DraftTree:
+        """The first ``n`` nodes: still a tree, because parents come before children."""
+        return DraftTree(self.tokens[:n], self.parents[:n], self.depths[:n], self.probabilities[:n], self.sources[:n])
 
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to ``node``."""

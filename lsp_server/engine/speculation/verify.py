@@ -29,6 +29,8 @@ class Verified:
     """[len(accepted), hidden]: row j is the state from which ``accepted[j]`` was predicted."""
     path: list[int]
     """Tree node indices of the matched draft path."""
+    logits: torch.Tensor
+    """[len(accepted), vocab]: the logits that chose each accepted token."""
 
 
 def tree_attention_mask(past: int, pending: int, tree: DraftTree, dtype: torch.dtype) -> torch.Tensor:
@@ -87,9 +89,10 @@ class TreeVerifier:
         children: dict[int, dict[int, int]] = {}
         for index, parent in enumerate(tree.parents):
             children.setdefault(parent, {})[tree.tokens[index]] = index
-        node, rows, accepted, path = -1, [0], [], []
+        node, rows, accepted, path, logits = -1, [0], [], [], []
         while True:
-            token = int(self.head(states[rows[-1]]).argmax(-1))
+            logits.append(self.head(states[rows[-1]]))
+            token = int(logits[-1].argmax(-1))
             accepted.append(token)
             child = children.get(node, {}).get(token)
             if child is None:
@@ -98,4 +101,4 @@ class TreeVerifier:
             rows.append(child + 1)
             node = child
         keep_cache_positions(cache, past + len(pending), path)
-        return Verified(accepted, states[rows], path)
+        return Verified(accepted, states[rows], path, torch.stack(logits))

@@ -1,0 +1,125 @@
+"""The decoding methods a benchmark compares, all on one loaded model and one prompt.
+
+- ``ar``: plain greedy ``generate`` from transformers (no assistant): the reference.
+- ``pld``: transformers' prompt lookup decoding (``prompt_lookup_num_tokens``).
+- ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
+  component off (``nocache``, ``norecycle``, ``notiming``, ``fixed16``...).
+
+Every method sees the same prompt ids and the same stop rule, applied as it decodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ..engine.decoding import Decoder
+from ..engine.loader import LoadedModel
+from ..engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
+from ..engine.stopping import StopRule
+
+
+@dataclass
+class MethodRun:
+    text: str
+    new_tokens: int
+    seconds: float
+    forward_passes: int
+    accepted_per_pass: list[int] = field(default_factory=list)
+
+
+class _RuleCriteria(StoppingCriteria):
+    """Applies one of our stop rules inside ``generate``; remembers where to cut."""
+
+    def __init__(self, rule: StopRule, decode: Callable[[list[int]], str], prompt_length: int) -> None:
+        self.rule = rule
+        self.decode = decode
+        self.prompt_length = prompt_length
+        self.keep_chars: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[0, self.prompt_length :].tolist()
+        decision = self.rule.step(self.decode(new), new[-1:], None)
+        if decision is not None:
+            self.keep_chars = decision.keep_chars
+        return torch.full((input_ids.shape[0],), decision is not None, dtype=torch.bool, device=input_ids.device)
+
+
+class _PassCounter:
+    """Counts forward passes of a module through a hook."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_args: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+class GenerateMethod:
+    """``ar`` and ``pld``: transformers' own ``generate``."""
+
+    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], prompt_lookup: int | None) -> None:
+        self.loaded = loaded
+        self.stop_ids = stop_ids
+        self.prompt_lookup = prompt_lookup
+
+    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
+        tokenizer = self.loaded.tokenizer
+        ids = torch.tensor([list(prompt)], device=self.loaded.device)
+        criteria = _RuleCriteria(rule, tokenizer.decode, len(prompt)) if rule is not None else None
+        kwargs: dict[str, Any] = {}
+        if self.prompt_lookup:
+            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup
+        counter = _PassCounter(self.loaded.model.get_decoder())
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = self.loaded.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                    temperature=None, top_p=None, top_k=None,
+                    eos_token_id=sorted(self.stop_ids), pad_token_id=tokenizer.pad_token_id or sorted(self.stop_ids)[0],
+                    stopping_criteria=StoppingCriteriaList([criteria] if criteria else []), **kwargs,
+                )
+        finally:
+            counter.close()
+        seconds = time.perf_counter() - started
+        new = out[0, len(prompt) :].tolist()
+        ends = [i for i, token in enumerate(new) if token in self.stop_ids]
+        new = new[: ends[0]] if ends else new
+        text = tokenizer.decode(new)
+        if criteria is not None and criteria.keep_chars is not None:
+            text = text[: criteria.keep_chars]
+        return MethodRun(text, len(new), seconds, counter.count)
+
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "": {},
+    "nocache": {"use_cache": False},
+    "norecycle": {"use_recycling": False},
+    "notiming": {"timing_control": False},
+    "fixed4": {"fixed_nodes": 4},
+    "fixed16": {"fixed_nodes": 16},
+    "fixed64": {"fixed_nodes": 64},
+}
+
+
+class SwiftMethod:
+    """This engine's decoder; one drafter for the whole run, as in an editor session."""
+
+    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], ablation: str, newline_ids: frozenset[int]) -> None:
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
+        self.drafter = SpeculativeDrafter(None, DrafterConfig(**ABLATIONS[ablation]))
+        self.drafter.set_newline_tokens(newline_ids)
+
+    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
+        out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter)
+        return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass)

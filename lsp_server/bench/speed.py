@@ -1,0 +1,177 @@
+"""``swiftguard bench``: plain greedy vs prompt lookup vs this engine, on real tasks.
+
+Honest by construction: one run starts from empty caches (nothing persisted is read);
+within a run a task only benefits from what earlier tasks of the same run produced, as
+in an editor session; methods are interleaved per task so that machine noise hits them
+alike; the same prompt, model, dtype and stop rule serve every method.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..engine.loader import load
+from ..engine.prompt import PromptBuilder, newline_token_ids
+from ..engine.speculation.calibration import cost_model_for
+from ..engine.stopping import StopRule, baseline_rules
+from . import humaneval
+from .methods import ABLATIONS, GenerateMethod, MethodRun, SwiftMethod
+from .tasks import Task, humaneval_tasks, workspace_tasks
+
+
+def _stop_rule(mode: str, task: Task) -> StopRule | None:
+    if mode == "none":
+        return None
+    if mode == "syntax":
+        rule = baseline_rules()
+        rule.begin(task.prefix, task.suffix)
+        return rule
+    raise SystemExit("--stop genguard needs a trained GenGuard head, which is not part of this build yet")
+
+
+def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int]) -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    cost = None
+    for name in names:
+        if name == "ar":
+            methods[name] = GenerateMethod(loaded, stop_ids, None)
+        elif name == "pld":
+            methods[name] = GenerateMethod(loaded, stop_ids, prompt_lookup=10)
+        elif name == "swift" or name.startswith("swift-"):
+            ablation = name.removeprefix("swift").removeprefix("-")
+            if ablation not in ABLATIONS:
+                raise SystemExit(f"unknown method {name!r}; ablations: {', '.join(a for a in ABLATIONS if a)}")
+            method = SwiftMethod(loaded, stop_ids, ablation, newline_token_ids(loaded.tokenizer))
+            if cost is None:
+                vocab = loaded.model.get_output_embeddings().weight.shape[0]
+                cost = cost_model_for(method.decoder.verify, loaded.name, vocab)
+            method.drafter.cost = cost
+            methods[name] = method
+        else:
+            raise SystemExit(f"unknown method {name!r} (ar, pld, swift, swift-<ablation>)")
+    return methods
+
+
+def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: list[bool] | None) -> dict[str, Any]:
+    new_tokens = sum(run.new_tokens for run in runs)
+    seconds = sum(run.seconds for run in runs)
+    passes = sum(run.forward_passes for run in runs)
+    return {
+        "new_tokens": new_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(new_tokens / seconds, 3) if seconds else 0.0,
+        "forward_passes": passes,
+        "mean_accepted_per_pass": round(new_tokens / passes, 3) if passes else 0.0,
+        "identical_to_ar": (
+            round(sum(a.text == b.text for a, b in zip(runs, reference)) / len(runs), 4) if reference else None
+        ),
+        "pass_at_1": round(sum(passed) / len(passed), 4) if passed is not None else None,
+    }
+
+
+def run(args: Any) -> dict[str, Any]:
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if args.humaneval:
+        tasks = humaneval_tasks(args.tasks, args.seed)
+    else:
+        tasks = workspace_tasks(Path(args.workspace), args.tasks, args.seed)
+    if not tasks:
+        raise SystemExit("no tasks found")
+    loaded = load(args.model, args.device, args.dtype)
+    builder = PromptBuilder(loaded.tokenizer)
+    methods = _methods(names, loaded, builder.stop_ids)
+    runs: dict[str, list[MethodRun]] = {name: [] for name in names}
+    per_task: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
+    for task in tqdm(tasks, desc="bench", file=sys.stderr):
+        prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
+        row: dict[str, Any] = {"task_id": task.task_id}
+        for name, method in methods.items():
+            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task))
+            runs[name].append(result)
+            row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
+                         "new_tokens": result.new_tokens, "passes": result.forward_passes}
+        per_task.append(row)
+    report: dict[str, Any] = {
+        "model": loaded.name,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "tasks": len(tasks),
+        "stop": args.stop,
+        "methods": {},
+    }
+    reference = runs.get("ar")
+    for name in names:
+        passed = [humaneval.passes(t.problem, r.text) for t, r in zip(tasks, runs[name])] if args.humaneval else None
+        report["methods"][name] = _summary(runs[name], reference, passed)
+    details: dict[str, Any] = {"per_task": per_task, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    for name, method in methods.items():
+        if isinstance(method, SwiftMethod):
+            accepted = [n for r in runs[name] for n in r.accepted_per_pass]
+            details[name] = {"drafter": method.drafter.stats.as_json(), "accepted_histogram": dict(sorted(Counter(accepted).items()))}
+    if reference is not None:
+        for name in names:
+            ratios = [r.new_tokens / r.seconds / (a.new_tokens / a.seconds) for r, a in zip(runs[name], reference)
+                      if r.seconds and a.seconds and a.new_tokens]
+            report["methods"][name]["speedup_over_ar"] = round(
+                report["methods"][name]["tokens_per_second"] / report["methods"]["ar"]["tokens_per_second"], 3)
+            details.setdefault("median_task_speedup", {})[name] = round(statistics.median(ratios), 3) if ratios else None
+    report["details"] = details
+    return report
+
+
+def _table(report: dict[str, Any]) -> str:
+    head = f"{'method':<16}{'tokens':>8}{'seconds':>10}{'tok/s':>9}{'passes':>8}{'tok/pass':>10}{'same':>7}{'pass@1':>8}{'speedup':>9}"
+    lines = [f"{report['model']} on {report['device']} ({report['dtype']}), {report['tasks']} tasks, stop={report['stop']}", head]
+    for name, m in report["methods"].items():
+        same = "-" if m["identical_to_ar"] is None else f"{m['identical_to_ar']:.2f}"
+        p1 = "-" if m["pass_at_1"] is None else f"{m['pass_at_1']:.2f}"
+        speedup = f"{m['speedup_over_ar']:.2f}x" if "speedup_over_ar" in m else "-"
+        lines.append(f"{name:<16}{m['new_tokens']:>8}{m['seconds']:>10.1f}{m['tokens_per_second']:>9.2f}"
+                     f"{m['forward_passes']:>8}{m['mean_accepted_per_pass']:>10.2f}{same:>7}{p1:>8}{speedup:>9}")
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["methods"])
+    per_task = report["details"]["per_task"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        left.bar([t + i * width for t in range(len(per_task))], [row[name]["tokens_per_second"] for row in per_task],
+                 width, label=name)
+    left.set_xlabel("task")
+    left.set_ylabel("tokens / second")
+    left.set_title("Speed per task")
+    left.legend()
+    swift = [n for n in names if n.startswith("swift")]
+    if swift:
+        histogram = report["details"][swift[0]]["accepted_histogram"]
+        right.bar([int(k) for k in histogram], list(histogram.values()))
+        right.set_xlabel(f"tokens per forward pass ({swift[0]})")
+        right.set_ylabel("passes")
+        right.set_title("Accepted tokens per pass")
+    fig.suptitle(f"{report['model']} on {report['device']} ({report['dtype']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(args: Any) -> int:
+    report = run(args)
+    print(_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        _plot(report, Path(args.plot))
+    return 0

@@ -39,6 +39,8 @@ class CompletionStats:
     source: str = "model"
     """``model``, or ``typeahead`` when answered from the previous completion."""
     stop_reason: str = ""
+    speedup_estimate: float | None = None
+    """Decoding speed over plain greedy decoding on this device (speculation only)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -47,6 +49,7 @@ class CompletionStats:
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["tokens_per_second"] = round(self.tokens_per_second, 2)
+        data["accepted_per_pass"] = round(self.new_tokens / self.forward_passes, 2) if self.forward_passes else None
         return data
 
 

@@ -18,6 +18,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPES)
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off)")
+    parser.add_argument("--no-speculation", action="store_true", help="plain greedy decoding")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +92,7 @@ def _complete(args: argparse.Namespace) -> int:
         return 2
     try:
         engine = build_engine(args.model, args.device, args.dtype, args.trust_remote_code,
-                              lambda msg: print(msg, file=sys.stderr))
+                              not args.no_speculation, lambda msg: print(msg, file=sys.stderr))
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,9 @@ EngineFactory = Callable[[Settings, Callable[[str], None]], CompletionEngine]
 def load_local_engine(settings: Settings, progress: Callable[[str], None]) -> CompletionEngine:
     from .engine import build_engine  # imports torch: only ever on the loading thread
 
-    return build_engine(settings.model, settings.device, settings.dtype, settings.trust_remote_code, progress)
+    return build_engine(
+        settings.model, settings.device, settings.dtype, settings.trust_remote_code, settings.speculation, progress
+    )
 
 
 class EngineState(enum.StrEnum):

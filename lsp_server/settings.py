@@ -83,10 +83,12 @@ class Settings:
     enable: bool = field(default=True, metadata={"check": _boolean})
     log_level: str = field(default="info", metadata={"check": _choice(LOG_LEVELS)})
     trust_remote_code: bool = field(default=False, metadata={"check": _boolean})
+    speculation: bool = field(default=True, metadata={"check": _boolean})
+    """Lossless speculative decoding (same output as plain greedy decoding, fewer passes)."""
 
     def engine_key(self) -> tuple[Any, ...]:
-        """The settings whose change requires reloading the model."""
-        return (self.model, self.device, self.dtype, self.trust_remote_code)
+        """The settings whose change requires rebuilding the engine."""
+        return (self.model, self.device, self.dtype, self.trust_remote_code, self.speculation)
 
 
 def _camel(name: str) -> str:

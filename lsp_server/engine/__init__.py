@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .completer import LocalEngine
 from .loader import LoadedModel, ModelLoadError, load
+from .speculation.drafter import DrafterConfig
 
 
 def build_engine(
@@ -11,10 +14,14 @@ def build_engine(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
-    progress=lambda _msg: None,
+    speculation: bool = True,
+    progress: Callable[[str], None] = lambda _msg: None,
 ) -> LocalEngine:
     """Load a model and wrap it as a ready :class:`LocalEngine`."""
-    return LocalEngine(load(model, device, dtype, trust_remote_code, progress))
+    loaded = load(model, device, dtype, trust_remote_code, progress)
+    if speculation:
+        progress("measuring verification cost on this device (first start only)")
+    return LocalEngine(loaded, speculation=DrafterConfig() if speculation else None)
 
 
 __all__ = ["LocalEngine", "LoadedModel", "ModelLoadError", "build_engine", "load"]

@@ -23,9 +23,8 @@ from .typeahead import TypeaheadCache
 class LocalEngine:
     """Implements :class:`lsp_server.api.CompletionEngine` on a loaded transformers model."""
 
-    def __init__(
-        self, loaded: LoadedModel, reuse_kv: bool = True, speculation: DrafterConfig | None = DrafterConfig()
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, reuse_kv: bool = True, speculation: DrafterConfig | None = None) -> None:
+        """``speculation=None`` decodes plainly; pass a ``DrafterConfig`` to speculate."""
         self.loaded = loaded
         self.prompts = PromptBuilder(loaded.tokenizer)
         self.decoder = Decoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
@@ -55,6 +54,7 @@ class LocalEngine:
             time_to_first_token=out.time_to_first_token,
             forward_passes=out.forward_passes,
             stop_reason=out.stop_reason,
+            speedup_estimate=self._speedup_estimate(out),
         )
         if out.stop_reason == "cancelled":
             return CompletionResult("", stats, cancelled=True)
@@ -62,14 +62,30 @@ class LocalEngine:
         self.typeahead.remember(request.document_key, request.prefix, request.suffix, text)
         return CompletionResult(text, stats)
 
+    def _speedup_estimate(self, out: Any) -> float | None:
+        """Decoding speed over plain greedy, which would take one single-token pass per token.
+
+        The single-token pass time comes from this device's measured cost curve; the first
+        pass (the prompt) is left out on both sides.
+        """
+        if self.drafter is None or self.drafter.cost is None or out.forward_passes < 2:
+            return None
+        decoding_seconds = out.seconds - out.time_to_first_token
+        plain_seconds = (len(out.token_ids) - out.accepted_per_pass[0]) * self.drafter.cost(0)
+        return round(plain_seconds / decoding_seconds, 2) if decoding_seconds > 0 else None
+
     def describe(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "model": self.loaded.name,
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "fim": self.prompts.uses_fim,
             "load_seconds": round(self.loaded.load_seconds, 2),
+            "speculation": self.drafter is not None,
         }
+        if self.drafter is not None:
+            data["drafter"] = self.drafter.stats.as_json()
+        return data
 
     def close(self) -> None:
         self.decoder.kv.clear()

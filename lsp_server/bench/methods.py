@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..datastore.sources import ContextSource
 from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
 from ..engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
@@ -117,7 +118,7 @@ class SwiftMethod:
 
     def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], ablation: str, newline_ids: frozenset[int]) -> None:
         self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
-        self.drafter = SpeculativeDrafter(None, DrafterConfig(**ABLATIONS[ablation]))
+        self.drafter = SpeculativeDrafter(None, DrafterConfig(**ABLATIONS[ablation]), per_request=lambda _prompt: ContextSource())
         self.drafter.set_newline_tokens(newline_ids)
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:

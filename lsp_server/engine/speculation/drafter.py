@@ -28,12 +28,6 @@ log = logging.getLogger(__name__)
 Draft = tuple[tuple[int, ...], float, str]
 
 
-class DraftSource(Protocol):
-    name: str
-
-    def drafts(self, context: Sequence[int]) -> list[Draft]: ...
-
-
 class RetrievalSource(Protocol):
     """A datastore source (``lsp_server.datastore``): weighted continuations of a context."""
 
@@ -83,7 +77,7 @@ class SpeculativeDrafter:
         cost: VerifyCostModel | None,
         config: DrafterConfig | None = None,
         retrieval: Sequence[RetrievalSource] = (),
-        per_request: Callable[[Sequence[int]], DraftSource] | None = None,
+        per_request: Callable[[Sequence[int]], RetrievalSource] | None = None,
     ) -> None:
         self.cost = cost
         self.config = config or DrafterConfig()
@@ -96,7 +90,7 @@ class SpeculativeDrafter:
         self._miss_bigrams: set[tuple[int, int]] = set()
         self._newline_ids: frozenset[int] = frozenset()
         self._newline_hits = [1.0, 2.0]  # (useful, tried) for retrievals right after a newline
-        self._request_source: DraftSource | None = None
+        self._request_source: RetrievalSource | None = None
 
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
@@ -116,11 +110,7 @@ class SpeculativeDrafter:
             self.stats.retrieval_skipped += 1
             return []
         started = time.perf_counter()
-        drafts = [
-            (tuple(c.tokens), float(c.count), c.source)
-            for source in self.retrieval
-            for c in source.retrieve(tokens, self.config.span, 32)
-        ]
+        drafts = [draft for source in self.retrieval for draft in self._ask(source, tokens)]
         self.stats.retrieval_seconds += time.perf_counter() - started
         if not drafts:
             self._miss_bigrams.add(bigram)
@@ -129,12 +119,15 @@ class SpeculativeDrafter:
             self._newline_hits[1] += 1
         return drafts
 
+    def _ask(self, source: RetrievalSource, tokens: Sequence[int]) -> list[Draft]:
+        return [(tuple(c.tokens), float(c.count), c.source) for c in source.retrieve(tokens, self.config.span, 32)]
+
     def draft(self, tokens: Sequence[int]) -> DraftTree:
         drafts: list[Draft] = []
         if self.config.use_cache:
             drafts += self.cache.drafts(tokens)
         if self._request_source is not None:
-            drafts += self._request_source.drafts(tokens)
+            drafts += self._ask(self._request_source, tokens)
         drafts += self._retrieve(tokens)
         if self.config.use_recycling:
             drafts += self.recycler.drafts(tokens)

@@ -1,0 +1,26 @@
+"""Where the datastore persists its indexes: the same root as the converted models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+
+def cache_root() -> Path:
+    """``SWIFTGUARD_CACHE_DIR`` overrides the user cache dir (as for the models)."""
+    return Path(os.environ.get("SWIFTGUARD_CACHE_DIR") or user_cache_dir("swiftguard"))
+
+
+def datastore_dir() -> Path:
+    return cache_root() / "datastore"
+
+
+def short_hash(*parts: str) -> str:
+    """A file-name-safe key for arbitrary strings (paths, tokenizer keys)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:20]

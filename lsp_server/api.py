@@ -8,6 +8,7 @@ use the same contract.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -73,4 +74,16 @@ class CompletionEngine(Protocol):
 
     def close(self) -> None:
         """Release the model's memory."""
+        ...
+
+    def encoders(self) -> tuple[Callable[[str], list[int]], Callable[[list[str]], list[list[int]]], str]:
+        """(encode, encode_batch, tokenizer key): how the model tokenizes, for the datastore."""
+        ...
+
+    def attach_retrieval(self, datastore: Any) -> None:
+        """Use ``datastore`` (``lsp_server.datastore.Datastore``) as a draft source."""
+        ...
+
+    def retrieval_preview(self, prefix: str, limit: int = 8) -> list[dict[str, Any]]:
+        """The datastore's drafts for the text before a cursor, decoded."""
         ...

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .datastore.cli import add_index_parser, run_index
 from .settings import DTYPES, Settings
 
 
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="write the report here")
     bench.add_argument("--plot", type=Path, help="write a PNG of per-task speed and accepted tokens per pass")
     _add_model_options(bench)
+
+    add_index_parser(commands)
 
     model = commands.add_parser("model", help="show or prepare the model")
     model.add_argument("action", choices=("info", "prepare"))
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "complete":
         return _complete(args)
+    if args.command == "index":
+        return run_index(args)
     if args.command == "bench":
         from .bench import speed
 

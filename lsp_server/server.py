@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
 
 from . import __version__
 from .api import CompletionRequest, CompletionResult, CompletionStats
 from .documents import Cursor, looks_binary, split_at
 from .engine_host import EngineFactory, EngineHost, EngineState, load_local_engine
+from .indexing import WorkspaceIndexer
 from .scheduler import CompletionScheduler
 from .settings import SECTION, Settings, apply_settings, settings_as_json
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATUS_COMMAND = "swiftguard.status"
 RESTART_COMMAND = "swiftguard.restart"
+RETRIEVE_COMMAND = "swiftguard.retrieve"
 MAX_DOCUMENT_CHARS = 20_000_000
 _ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
 
@@ -36,9 +42,11 @@ class SwiftguardServer(LanguageServer):
         self.settings = Settings()
         self.host = EngineHost(engine_factory)
         self.scheduler = CompletionScheduler(self._run_completion)
+        self.indexer = WorkspaceIndexer()
         self.last_stats: CompletionStats | None = None
         self._load_task: asyncio.Future[None] | None = None
         self.pending_errors: list[str] = []
+        self.shutting_down = False
 
     # -- completions -------------------------------------------------------------------
 
@@ -100,24 +108,58 @@ class SwiftguardServer(LanguageServer):
         self.scheduler.cancel_all()
         self._load_task = asyncio.ensure_future(self._load(self.settings))
 
+    def _reporter(self, token: str | None) -> Callable[[str, int | None], None]:
+        """A thread-safe ``(message, percentage)`` callback reporting ``$/progress`` on ``token``."""
+        loop = asyncio.get_running_loop()
+
+        def report(message: str, percentage: int | None = None) -> None:
+            log.info("%s", message)
+            if token is not None and not self.shutting_down:
+                value = types.WorkDoneProgressReport(message=message, percentage=percentage)
+                loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
+
+        return report
+
     async def _load(self, settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         token = await self._begin_progress("Swiftguard: loading model")
-
-        def progress(message: str) -> None:
-            log.info("%s", message)
-            if token is not None:
-                loop.call_soon_threadsafe(
-                    self.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
-                )
-
-        error = await loop.run_in_executor(None, self.host.load, settings, progress)
+        error = await loop.run_in_executor(None, self.host.load, settings, self._reporter(token))
         if token is not None:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=error or "ready"))
         if error is not None:
             self.notify_user(f"Swiftguard could not load the model: {error}", types.MessageType.Error)
-        else:
-            log.info("model ready: %s", self.host.describe())
+            return
+        log.info("model ready: %s", self.host.describe())
+        engine = self.host.engine
+        if engine is not None and settings.speculation:
+            build_general = partial(loop.call_soon_threadsafe, self._build_general_soon)
+            if not settings.general_corpus:
+                build_general = lambda _service: None  # noqa: E731
+            await loop.run_in_executor(None, self.indexer.attach, engine, self.workspace_root(), build_general)
+            for document in list(self.workspace.text_documents.values()):  # opened while loading
+                self.indexer.opened(document.uri, document.source)
+
+    def workspace_root(self) -> Path | None:
+        """The folder whose files feed the repository datastore (none: only open documents)."""
+        root = self.workspace.root_path
+        if root is None and self.workspace.folders:
+            root = to_fs_path(next(iter(self.workspace.folders.values())).uri)
+        return Path(root) if root else None
+
+    def _build_general_soon(self, service: Any) -> None:
+        asyncio.ensure_future(self._build_general(service))
+
+    async def _build_general(self, service: Any) -> None:
+        """Index the general code corpus once (persisted), with ``$/progress``."""
+        token = await self._begin_progress("Swiftguard: indexing general code")
+        report = self._reporter(token)
+
+        def progress(done: int, total: int) -> None:
+            report(f"{done:,} of {total:,} tokens", min(100, done * 100 // max(total, 1)))
+
+        built = await asyncio.get_running_loop().run_in_executor(None, service.build_general, progress)
+        if token is not None and not self.shutting_down:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done" if built else "failed"))
 
     async def _begin_progress(self, title: str) -> str | None:
         window = self.client_capabilities.window
@@ -155,6 +197,7 @@ class SwiftguardServer(LanguageServer):
             "engine": self.host.describe(),
             "settings": settings_as_json(self.settings),
             "requests": dict(self.scheduler.counts),
+            "datastore": self.indexer.stats(),
             "last_completion": self.last_stats.as_json() if self.last_stats else None,
         }
 
@@ -170,11 +213,30 @@ def on_initialize(ls: SwiftguardServer, params: types.InitializeParams) -> None:
 
 
 @server.feature(types.INITIALIZED)
-def on_initialized(ls: SwiftguardServer, _params: types.InitializedParams) -> None:
+async def on_initialized(ls: SwiftguardServer, _params: types.InitializedParams) -> None:
     for error in ls.pending_errors:
         ls.notify_user(f"Swiftguard: {error}", types.MessageType.Warning)
     logging.getLogger("lsp_server").setLevel(ls.settings.log_level.upper())
     ls.start_loading()
+    await register_file_watcher(ls)
+
+
+async def register_file_watcher(ls: SwiftguardServer) -> None:
+    """Let the client watch files when it can (one watcher fewer); else the datastore's own does."""
+    workspace = ls.client_capabilities.workspace
+    watched = workspace.did_change_watched_files if workspace else None
+    if watched is None or not watched.dynamic_registration:
+        return
+    options = types.DidChangeWatchedFilesRegistrationOptions(watchers=[types.FileSystemWatcher(glob_pattern="**/*")])
+    try:
+        await ls.client_register_capability_async(types.RegistrationParams(registrations=[
+            types.Registration(id="swiftguard-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                               register_options=options)
+        ]))
+    except Exception:
+        log.warning("client refused file watching; using our own watcher", exc_info=True)
+        return
+    ls.indexer.use_client_watcher = True
 
 
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -245,13 +307,48 @@ def on_status(ls: SwiftguardServer, *_args: Any) -> dict[str, Any]:
     return ls.status()
 
 
+@server.command(RETRIEVE_COMMAND)
+async def on_retrieve(ls: SwiftguardServer, uri: str, line: int, character: int) -> dict[str, Any]:
+    """The drafts the datastore offers at a position: shows what speculation can use there."""
+    engine = ls.host.engine
+    found = ls.cursor_for(uri, types.Position(line=line, character=character))
+    if engine is None or found is None:
+        return {"candidates": []}
+    preview = await ls.scheduler.call_on_worker(lambda: engine.retrieval_preview(found[0].prefix))
+    return {"candidates": preview}
+
+
 @server.command(RESTART_COMMAND)
 def on_restart(ls: SwiftguardServer, *_args: Any) -> dict[str, Any]:
     ls.start_loading()
     return {"state": str(ls.host.state)}
 
 
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def on_did_open(ls: SwiftguardServer, params: types.DidOpenTextDocumentParams) -> None:
+    ls.indexer.opened(params.text_document.uri, params.text_document.text)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def on_did_change(ls: SwiftguardServer, params: types.DidChangeTextDocumentParams) -> None:
+    document = ls.workspace.text_documents.get(params.text_document.uri)
+    if document is not None:  # pygls has applied the change already
+        ls.indexer.changed(document.uri, document.source)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def on_did_close(ls: SwiftguardServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.indexer.closed(params.text_document.uri)
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+def on_watched_files(ls: SwiftguardServer, params: types.DidChangeWatchedFilesParams) -> None:
+    ls.indexer.files_changed([change.uri for change in params.changes])
+
+
 @server.feature(types.SHUTDOWN)
 def on_shutdown(ls: SwiftguardServer, _params: None) -> None:
+    ls.shutting_down = True
     ls.scheduler.shutdown()
+    ls.indexer.stop()
     ls.host.disable()

@@ -85,6 +85,8 @@ class Settings:
     trust_remote_code: bool = field(default=False, metadata={"check": _boolean})
     speculation: bool = field(default=True, metadata={"check": _boolean})
     """Lossless speculative decoding (same output as plain greedy decoding, fewer passes)."""
+    general_corpus: bool = field(default=True, metadata={"check": _boolean})
+    """Draft from general code too (this Python's standard library, indexed once in the background)."""
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings whose change requires rebuilding the engine."""

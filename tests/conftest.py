@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_model import build_tiny_model  # noqa: E402
 
-from lsp_server.engine.default_model import cache_root  # noqa: E402
+from lsp_server.paths import cache_root  # noqa: E402
 
 # The user's cache (where `swiftguard model prepare` put the default model) stays
 # readable to the tests that need it; everything else a test run writes (verify-cost

@@ -20,6 +20,10 @@ URI = "file:///workspace/example.py"
 async def _start(client: LanguageClient, options: dict) -> None:
     capabilities = client_capabilities("visual-studio-code")
     capabilities.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def register(params: types.RegistrationParams) -> None:
+        client.registrations = [r.method for r in params.registrations]
+
     client.initialize_result = await client.initialize_session(
         types.InitializeParams(capabilities=capabilities, initialization_options=options,
                                root_uri="file:///workspace")
@@ -74,7 +78,8 @@ def configure(client: LanguageClient, **settings) -> None:
 
 @pytest_lsp.fixture(config=SERVER)
 async def client(lsp_client: LanguageClient, tiny_model_dir):
-    await _start(lsp_client, {"model": str(tiny_model_dir), "dtype": "float32", "maxNewTokens": 8})
+    await _start(lsp_client, {"model": str(tiny_model_dir), "dtype": "float32", "maxNewTokens": 8,
+                              "generalCorpus": False})
     await wait_for_state(lsp_client, "ready")
     yield
     await lsp_client.shutdown_session()
@@ -92,9 +97,10 @@ async def test_capabilities_and_progress(client: LanguageClient):
     assert caps.inline_completion_provider is not None
     assert caps.completion_provider is not None
     assert set(caps.execute_command_provider.commands) >= {"swiftguard.status", "swiftguard.restart"}
-    reports = [r for reports in client.progress_reports.values() for r in reports]
-    assert isinstance(reports[0], types.WorkDoneProgressBegin)
-    assert isinstance(reports[-1], types.WorkDoneProgressEnd) and reports[-1].message == "ready"
+    loading = [reports for reports in client.progress_reports.values()
+               if reports and getattr(reports[0], "title", "") == "Swiftguard: loading model"]
+    assert len(loading) == 1
+    assert isinstance(loading[0][-1], types.WorkDoneProgressEnd) and loading[0][-1].message == "ready"
 
 
 async def test_inline_completion_and_stats(client: LanguageClient):
@@ -209,3 +215,64 @@ async def test_missing_model_is_shown_and_server_stays_up(broken_client: Languag
     await asyncio.wait_for(shown(), 10)
     open_document(broken_client)
     assert not (await broken_client.text_document_inline_completion_async(inline_params(4, 4))).items
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def workspace_client(lsp_client: LanguageClient, tiny_model_dir, tmp_path):
+    (tmp_path / "lib.py").write_text("import zlib\n\n\ndef compute_checksum(payload):\n    return zlib.crc32(payload)\n")
+    capabilities = client_capabilities("visual-studio-code")
+    lsp_client.registrations = []
+
+    @lsp_client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def register(params: types.RegistrationParams) -> None:
+        lsp_client.registrations = [r.method for r in params.registrations]
+
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=capabilities, root_uri=tmp_path.as_uri(),
+        initialization_options={"model": str(tiny_model_dir), "dtype": "float32", "generalCorpus": False},
+    ))
+    lsp_client.root = tmp_path
+    await wait_for_state(lsp_client, "ready")
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def retrieved(client: LanguageClient, uri: str, line: int, character: int, wanted: str) -> list[dict]:
+    """Ask ``swiftguard.retrieve`` until a candidate contains ``wanted`` (indexing is asynchronous)."""
+    async def poll() -> list[dict]:
+        while True:
+            result = await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command="swiftguard.retrieve", arguments=[uri, line, character]))
+            if any(wanted in c["text"] for c in result["candidates"]):
+                return result["candidates"]
+            await asyncio.sleep(0.1)
+
+    return await asyncio.wait_for(poll(), 30)
+
+
+async def test_disk_files_and_unsaved_edits_feed_the_datastore(workspace_client: LanguageClient):
+    client = workspace_client
+    assert types.WORKSPACE_DID_CHANGE_WATCHED_FILES in client.registrations
+    scratch = (client.root / "scratch.py").as_uri()
+    open_document(client, "check = zlib.", scratch)  # the cursor at the end: no text after it to echo
+    assert any(c["source"] == "repository" for c in await retrieved(client, scratch, 0, 13, "crc32"))
+
+    unsaved = (client.root / "unsaved.py").as_uri()  # never written to disk
+    open_document(client, "value = frobnicate_widget(alpha_one, beta_two)\n", unsaved)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=(client.root / "probe.py").as_uri(), language_id="python", version=1, text="x = frobnicate_widget(")))
+    probe = (client.root / "probe.py").as_uri()
+    await retrieved(client, probe, 0, 22, "alpha_one")
+
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=unsaved, version=2),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text="value = frobnicate_widget(gamma_three)\n")],
+    ))
+    candidates = await retrieved(client, probe, 0, 22, "gamma_three")
+    assert not any("alpha_one" in c["text"] for c in candidates)
+
+    # A file changed on disk, reported by the client's watcher, is re-read.
+    (client.root / "lib.py").write_text("import zlib\n\n\ndef compute_checksum(payload):\n    return zlib.adler32(payload)\n")
+    client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(changes=[
+        types.FileEvent(uri=(client.root / "lib.py").as_uri(), type=types.FileChangeType.Changed)]))
+    await retrieved(client, scratch, 0, 13, "adler32")

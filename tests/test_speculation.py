@@ -71,7 +71,7 @@ def test_hand_built_tree_mask_and_positions():
 
 
 def test_build_tree_keeps_the_most_probable_nodes_parents_first():
-    drafts = [([1, 2, 3], 5.0, "a"), ([1, 2, 4], 1.0, "b"), ([7], 2.0, "c"), ([1, 9, 9, 9], 0.5, "a")]
+    drafts = [([1, 2, 3], 0.5, "a"), ([1, 2, 4], 0.1, "b"), ([7], 0.2, "c"), ([1, 9, 9, 9], 0.05, "a")]
     tree = build_tree(drafts, max_nodes=4)
     assert len(tree) == 4
     for index, parent in enumerate(tree.parents):

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..datastore.sources import ContextSource
 from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
+from ..engine.prompt import PromptBuilder
 from ..engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
 from ..engine.stopping import StopRule
 
@@ -118,7 +119,10 @@ class SwiftMethod:
 
     def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], ablation: str, newline_ids: frozenset[int]) -> None:
         self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
-        self.drafter = SpeculativeDrafter(None, DrafterConfig(**ABLATIONS[ablation]), per_request=lambda _prompt: ContextSource())
+        self.drafter = SpeculativeDrafter(
+            None, DrafterConfig(**ABLATIONS[ablation]), per_request=lambda after: ContextSource(after),
+            split_prompt=PromptBuilder(loaded.tokenizer).split,
+        )
         self.drafter.set_newline_tokens(newline_ids)
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
-
-def cache_root() -> Path:
-    """``SWIFTGUARD_CACHE_DIR`` overrides the user cache dir (as for the models)."""
-    return Path(os.environ.get("SWIFTGUARD_CACHE_DIR") or user_cache_dir("swiftguard"))
+from ..paths import cache_root
 
 
 def datastore_dir() -> Path:

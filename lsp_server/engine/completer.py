@@ -11,6 +11,9 @@ import time
 from typing import Any
 
 from ..api import CompletionRequest, CompletionResult, CompletionStats
+from ..datastore.service import hf_encoders, hf_tokenizer_key
+from ..datastore.sources import ContextSource
+from ..datastore.types import Encode, EncodeBatch
 from .decoding import Decoder
 from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
@@ -33,7 +36,9 @@ class LocalEngine:
         if speculation is not None:
             vocab = loaded.model.get_output_embeddings().weight.shape[0]
             cost = None if speculation.fixed_nodes is not None else cost_model_for(self.decoder.verify, loaded.name, vocab)
-            self.drafter = SpeculativeDrafter(cost, speculation)
+            self.drafter = SpeculativeDrafter(
+                cost, speculation, per_request=lambda after: ContextSource(after), split_prompt=self.prompts.split
+            )
             self.drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
 
     def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
@@ -61,6 +66,28 @@ class LocalEngine:
         text = tidy_completion(out.text, request.suffix)
         self.typeahead.remember(request.document_key, request.prefix, request.suffix, text)
         return CompletionResult(text, stats)
+
+    def encoders(self) -> tuple[Encode, EncodeBatch, str]:
+        """How this model tokenizes, for a datastore built to serve it."""
+        encode, encode_batch = hf_encoders(self.loaded.tokenizer)
+        return encode, encode_batch, hf_tokenizer_key(self.loaded.tokenizer)
+
+    def attach_retrieval(self, datastore: Any) -> None:
+        """Draft from ``datastore`` too (repository and general code, kept current elsewhere)."""
+        if self.drafter is not None:
+            self.drafter.retrieval = [datastore]
+
+    def retrieval_preview(self, prefix: str, limit: int = 8) -> list[dict[str, Any]]:
+        """What the datastore would draft after ``prefix``: for users asking "why", and tests."""
+        if self.drafter is None or not self.drafter.retrieval:
+            return []
+        context = self.encoders()[0](prefix[-4000:])
+        candidates = [c for source in self.drafter.retrieval for c in source.retrieve(context, 16, limit)]
+        return [
+            {"source": c.source, "text": self.loaded.tokenizer.decode(list(c.tokens)), "count": round(c.count, 3),
+             "match_length": c.match_length}
+            for c in sorted(candidates, key=lambda c: -c.count)[:limit]
+        ]
 
     def _speedup_estimate(self, out: Any) -> float | None:
         """Decoding speed over plain greedy, which would take one single-token pass per token.

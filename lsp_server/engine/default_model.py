@@ -13,13 +13,12 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from platformdirs import user_cache_dir
+from ..paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +32,6 @@ Progress = Callable[[str], None]
 
 class DefaultModelUnavailable(RuntimeError):
     """The default model's packages are missing or corrupt; the message says how to fix it."""
-
-
-def cache_root() -> Path:
-    """Where converted models live; ``SWIFTGUARD_CACHE_DIR`` overrides the user cache dir."""
-    return Path(os.environ.get("SWIFTGUARD_CACHE_DIR") or user_cache_dir("swiftguard"))
 
 
 def converted_dir() -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..paths import cache_root
 from . import default_model
 from .device import resolve_device, resolve_dtype
 
@@ -57,7 +58,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 def _converted_gguf(path: Path) -> Path:
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    target = default_model.cache_root() / "gguf" / f"{path.stem}-{key[:16]}"
+    target = cache_root() / "gguf" / f"{path.stem}-{key[:16]}"
     if not (target / "config.json").exists():
         staged = target.with_name(target.name + ".partial")
         shutil.rmtree(staged, ignore_errors=True)

@@ -8,6 +8,7 @@ prompt and throw away the whole reusable KV cache on every keystroke.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -88,6 +89,17 @@ class PromptBuilder:
             return Prompt(bos + prefix_ids, prefix_chars, 0)
         pre, suf, mid = self.fim_ids
         return Prompt([pre, *prefix_ids, suf, *suffix_ids, mid], prefix_chars, suffix_chars)
+
+    def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """A prompt's tokens of the text before and after the cursor, without sentinels."""
+        if self.fim_ids is None:
+            bos = self.tokenizer.bos_token_id
+            return [t for t in ids[:1] if t != bos] + list(ids[1:]), []
+        pre, suf, mid = self.fim_ids
+        if len(ids) < 3 or ids[0] != pre or ids[-1] != mid or suf not in ids:
+            return list(ids), []
+        cut = list(ids).index(suf)
+        return list(ids[1:cut]), list(ids[cut + 1 : -1])
 
     def _head(self, text: str, budget: int) -> tuple[list[int], int]:
         """Tokens of the start of ``text`` within ``budget``, cut after a whole line."""

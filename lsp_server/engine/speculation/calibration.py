@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import DynamicCache
 
-from ..default_model import cache_root
+from ...paths import cache_root
 from .budget import VerifyCostModel
 from .draft_tree import DraftTree
 from .verify import TreeVerifier

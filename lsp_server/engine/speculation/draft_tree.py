@@ -68,12 +68,15 @@ class DraftTree:
         return mask
 
 
-def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: int, acceptance: float = 1.0) -> DraftTree:
+def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: int, continuation: float = 0.8) -> DraftTree:
     """Merge weighted drafts into a trie and keep the ``max_nodes`` most probable nodes.
 
-    A node's probability is its parent's times its share of the parent's weight, times
-    ``acceptance`` (the observed chance that a draft token is right), so deep guesses
-    that few drafts agree on rank low.  Nodes come out parents-first.
+    Draft weights are probability masses for their first token (a source's confidence
+    spread over its drafts); a first-level node's probability is the mass through it,
+    capped at 1.  Deeper, a node's probability is its parent's, times the share of the
+    parent's mass that goes on to it, times ``continuation`` (the observed chance that
+    a draft stays right one more token).  So guesses that few drafts agree on rank low,
+    and a child never outranks its parent.  Nodes come out parents-first.
     """
     root = _TrieNode(token=-1)
     for tokens, weight, source in drafts:
@@ -82,19 +85,12 @@ def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: in
             node = node.children.setdefault(token, _TrieNode(token))
             node.weight += weight
             node.sources.add(source)
-        root.weight += weight
     if max_nodes <= 0 or not root.children:
         return DraftTree.empty()
     order = itertools.count()
     heap: list[tuple[float, int, _TrieNode, int, int]] = []
-
-    def push_children(node: _TrieNode, probability: float, index: int, depth: int) -> None:
-        total = sum(child.weight for child in node.children.values())
-        for child in node.children.values():
-            p = probability * acceptance * child.weight / total
-            heapq.heappush(heap, (-p, next(order), child, index, depth + 1))
-
-    push_children(root, 1.0, -1, 0)
+    for child in root.children.values():
+        heapq.heappush(heap, (-min(1.0, child.weight), next(order), child, -1, 1))
     tree = DraftTree([], [], [], [], [])
     while heap and len(tree.tokens) < max_nodes:
         negative_p, _, node, parent, depth = heapq.heappop(heap)
@@ -104,5 +100,7 @@ def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: in
         tree.depths.append(depth)
         tree.probabilities.append(-negative_p)
         tree.sources.append(frozenset(node.sources))
-        push_children(node, -negative_p, index, depth)
+        for child in node.children.values():
+            p = -negative_p * continuation * child.weight / node.weight
+            heapq.heappush(heap, (-p, next(order), child, index, depth + 1))
     return tree

@@ -78,7 +78,10 @@ class SpeculativeDrafter:
         config: DrafterConfig | None = None,
         retrieval: Sequence[RetrievalSource] = (),
         per_request: Callable[[Sequence[int]], RetrievalSource] | None = None,
+        split_prompt: Callable[[Sequence[int]], tuple[list[int], list[int]]] | None = None,
     ) -> None:
+        """``per_request`` makes a source from the document text after the cursor (tokens);
+        ``split_prompt`` maps prompt ids to (text before the cursor, text after it) in tokens."""
         self.cost = cost
         self.config = config or DrafterConfig()
         self.retrieval = list(retrieval)
@@ -86,17 +89,34 @@ class SpeculativeDrafter:
         self.cache = PreferenceCache(span=self.config.span)
         self.recycler = TokenRecycler()
         self.stats = DrafterStats()
-        self.acceptance = 0.6  # running estimate that the best depth-1 draft is right
+        # Running estimates, learned from every pass: how often each source's best guess
+        # for the next token is right, and how often a right draft stays right one more token.
+        self.source_rates: dict[str, float] = {}
+        self.continuation = 0.7
+        self._top_guess: dict[str, int] = {}
         self._miss_bigrams: set[tuple[int, int]] = set()
         self._newline_ids: frozenset[int] = frozenset()
         self._newline_hits = [1.0, 2.0]  # (useful, tried) for retrievals right after a newline
+        self.split_prompt = split_prompt or (lambda prompt: (list(prompt), []))
         self._request_source: RetrievalSource | None = None
+        self._before: list[int] = []
+        self._prompt_length = 0
 
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self._request_source = self.per_request(prompt) if self.per_request is not None else None
+        self._before, after = self.split_prompt(prompt)
+        self._prompt_length = len(prompt)
+        self._request_source = self.per_request(after) if self.per_request is not None else None
+
+    def _document_order(self, tokens: Sequence[int]) -> list[int]:
+        """The context as the file reads: text before the cursor, then what was generated.
+
+        A FIM prompt puts the suffix and sentinel tokens between the two; no repository
+        file contains those, so matching across them would find nothing.
+        """
+        return [*self._before, *tokens[self._prompt_length :]]
 
     def _retrieve(self, tokens: Sequence[int]) -> list[Draft]:
         if not self.retrieval or len(tokens) < 2:
@@ -122,7 +142,27 @@ class SpeculativeDrafter:
     def _ask(self, source: RetrievalSource, tokens: Sequence[int]) -> list[Draft]:
         return [(tuple(c.tokens), float(c.count), c.source) for c in source.retrieve(tokens, self.config.span, 32)]
 
+    def _calibrated(self, drafts: list[Draft]) -> list[Draft]:
+        """Rescale each source's weights to its observed hit rate; remember its top guess."""
+        by_source: dict[str, list[Draft]] = {}
+        for draft in drafts:
+            by_source.setdefault(draft[2], []).append(draft)
+        self._top_guess = {}
+        scaled: list[Draft] = []
+        for source, group in by_source.items():
+            total = sum(weight for _, weight, _ in group)
+            if total <= 0:
+                continue
+            first: Counter[int] = Counter()
+            for tokens, weight, _ in group:
+                first[tokens[0]] += weight
+            self._top_guess[source] = first.most_common(1)[0][0]
+            rate = self.source_rates.setdefault(source, 0.3)
+            scaled += [(tokens, weight / total * rate, source) for tokens, weight, _ in group]
+        return scaled
+
     def draft(self, tokens: Sequence[int]) -> DraftTree:
+        tokens = self._document_order(tokens)
         drafts: list[Draft] = []
         if self.config.use_cache:
             drafts += self.cache.drafts(tokens)
@@ -131,7 +171,7 @@ class SpeculativeDrafter:
         drafts += self._retrieve(tokens)
         if self.config.use_recycling:
             drafts += self.recycler.drafts(tokens)
-        tree = build_tree(drafts, self.config.max_nodes, self.acceptance)
+        tree = build_tree(self._calibrated([d for d in drafts if d[0]]), self.config.max_nodes, self.continuation)
         if self.config.fixed_nodes is not None:
             keep = self.config.fixed_nodes
         elif self.cost is not None:
@@ -146,13 +186,19 @@ class SpeculativeDrafter:
         if self.config.use_recycling:
             path_tokens = [tree.tokens[node] for node in verified.path]
             self.recycler.observe([tokens[-1], *path_tokens], verified.logits)
+        for source, guess in self._top_guess.items():
+            hit = guess == verified.accepted[0]
+            self.source_rates[source] = 0.9 * self.source_rates[source] + 0.1 * hit
+        self._top_guess = {}
         if not len(tree):
             return
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
-        best_first = max((i for i, p in enumerate(tree.parents) if p == -1), key=lambda i: tree.probabilities[i])
-        hit = bool(verified.path) and verified.path[0] == best_first
-        self.acceptance = 0.9 * self.acceptance + 0.1 * hit
+        parents_with_children = set(tree.parents)
+        for depth, node in enumerate(verified.path):
+            if node in parents_with_children:  # a guess for the next token existed: did one hold?
+                stayed = depth + 1 < len(verified.path)
+                self.continuation = 0.95 * self.continuation + 0.05 * stayed
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1
@@ -163,4 +209,4 @@ class SpeculativeDrafter:
     def finish(self, prompt: Sequence[int], generated: Sequence[int]) -> None:
         """After a completion: remember the model's output for later requests."""
         if self.config.use_cache and generated:
-            self.cache.add_block([*prompt[-self.cache.max_match :], *generated], min_block=self.cache.min_match)
+            self.cache.add_block([*self._before[-self.cache.max_match :], *generated], min_block=self.cache.min_match)

@@ -1,0 +1,69 @@
+"""Keeps the workspace datastore in step with the editor and the disk, for the server.
+
+The datastore tokenizes with the loaded model's tokenizer, so it is (re)built whenever a
+model with a different tokenizer becomes ready.  Document events only queue work for
+the datastore's own thread: nothing here blocks the event loop.  Only ``file:`` URIs
+inside the workspace root are indexed; the datastore refuses anything outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pygls.uris import to_fs_path
+
+from .api import CompletionEngine
+from .datastore.service import DatastoreService
+
+log = logging.getLogger(__name__)
+
+
+class WorkspaceIndexer:
+    def __init__(self) -> None:
+        self.service: DatastoreService | None = None
+        self.root: Path | None = None
+        self.use_client_watcher = False
+
+    def attach(self, engine: CompletionEngine, root: Path | None, build_general: Callable[[DatastoreService], None]) -> None:
+        """Give ``engine`` a datastore for ``root`` that speaks its tokenizer (called on the loading thread)."""
+        encode, encode_batch, key = engine.encoders()
+        if self.service is None or self.service.tokenizer_key != key or self.root != root:
+            self.stop()
+            self.root = root
+            self.service = DatastoreService(root, encode, key, encode_batch, use_client_watcher=self.use_client_watcher)
+            self.service.start()
+            if not self.use_client_watcher:
+                self.service.start_watching()
+            if not self.service.load_general():
+                build_general(self.service)
+        engine.attach_retrieval(self.service.datastore)
+
+    def _path(self, uri: str) -> str | None:
+        return to_fs_path(uri) if uri.startswith("file:") else None
+
+    def opened(self, uri: str, text: str) -> None:
+        if self.service is not None and (path := self._path(uri)) is not None:
+            self.service.open_document(path, text)
+
+    def changed(self, uri: str, text: str) -> None:
+        if self.service is not None and (path := self._path(uri)) is not None:
+            self.service.change_document(path, text)
+
+    def closed(self, uri: str) -> None:
+        if self.service is not None and (path := self._path(uri)) is not None:
+            self.service.close_document(path)
+
+    def files_changed(self, uris: list[str]) -> None:
+        if self.service is not None:
+            self.service.files_changed([path for uri in uris if (path := self._path(uri)) is not None])
+
+    def stats(self) -> dict[str, Any] | None:
+        return self.service.stats() if self.service is not None else None
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None

@@ -22,7 +22,7 @@ from ..datastore.sources import ContextSource
 from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
 from ..engine.prompt import PromptBuilder
-from ..engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
+from ..engine.speculation.drafter import DrafterConfig, RetrievalSource, SpeculativeDrafter
 from ..engine.stopping import StopRule
 
 
@@ -108,6 +108,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "nocache": {"use_cache": False},
     "norecycle": {"use_recycling": False},
     "notiming": {"timing_control": False},
+    "noretrieval": {},
     "fixed4": {"fixed_nodes": 4},
     "fixed16": {"fixed_nodes": 16},
     "fixed64": {"fixed_nodes": 64},
@@ -117,11 +118,18 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 class SwiftMethod:
     """This engine's decoder; one drafter for the whole run, as in an editor session."""
 
-    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], ablation: str, newline_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        stop_ids: frozenset[int],
+        ablation: str,
+        newline_ids: frozenset[int],
+        retrieval: Sequence[RetrievalSource],
+    ) -> None:
         self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
         self.drafter = SpeculativeDrafter(
-            None, DrafterConfig(**ABLATIONS[ablation]), per_request=lambda after: ContextSource(after),
-            split_prompt=PromptBuilder(loaded.tokenizer).split,
+            None, DrafterConfig(**ABLATIONS[ablation]), retrieval=() if ablation == "noretrieval" else retrieval,
+            per_request=lambda after: ContextSource(after), split_prompt=PromptBuilder(loaded.tokenizer).split,
         )
         self.drafter.set_newline_tokens(newline_ids)
 

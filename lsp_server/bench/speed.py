@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
 from ..engine.loader import load
 from ..engine.prompt import PromptBuilder, newline_token_ids
 from ..engine.speculation.calibration import cost_model_for
@@ -34,7 +35,40 @@ def _stop_rule(mode: str, task: Task) -> StopRule | None:
     raise SystemExit("--stop genguard needs a trained GenGuard head, which is not part of this build yet")
 
 
-def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int]) -> dict[str, Any]:
+class _Retrieval:
+    """The datastore a bench run drafts from, seen as an editor would see the workspace.
+
+    Repository tasks: the workspace indexed fresh (nothing saved is read), and for each
+    task its file with the body removed, as the open (unsaved) editor buffer.  The
+    general corpus (this Python's standard library) is built or loaded from the cache:
+    it never contains the benchmarked repository.
+    """
+
+    def __init__(self, loaded: Any, workspace: Path | None) -> None:
+        encode, encode_batch = hf_encoders(loaded.tokenizer)
+        self.service = DatastoreService(workspace, encode, hf_tokenizer_key(loaded.tokenizer), encode_batch,
+                                        use_client_watcher=True, persist=False, reuse_saved=False)
+        self.service.start()
+        self.service.build_general()
+        self.service.wait_idle()
+        self.workspace = workspace
+        self._open: str | None = None
+
+    def show(self, task: Task) -> None:
+        """Make the task's document (file minus the removed body) what the index holds."""
+        if self.workspace is None or not task.path:
+            return
+        if self._open is not None:
+            self.service.close_document(self._open)
+        self._open = str(self.workspace / task.path)
+        self.service.open_document(self._open, task.prefix + task.suffix)
+        self.service.wait_idle()
+
+    def stats(self) -> dict[str, Any]:
+        return self.service.stats()
+
+
+def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: _Retrieval) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     cost = None
     for name in names:
@@ -46,7 +80,8 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int]) -> dict[st
             ablation = name.removeprefix("swift").removeprefix("-")
             if ablation not in ABLATIONS:
                 raise SystemExit(f"unknown method {name!r}; ablations: {', '.join(a for a in ABLATIONS if a)}")
-            method = SwiftMethod(loaded, stop_ids, ablation, newline_token_ids(loaded.tokenizer))
+            method = SwiftMethod(loaded, stop_ids, ablation, newline_token_ids(loaded.tokenizer),
+                                 [retrieval.service.datastore])
             if cost is None:
                 vocab = loaded.model.get_output_embeddings().weight.shape[0]
                 cost = cost_model_for(method.decoder.verify, loaded.name, vocab)
@@ -84,12 +119,14 @@ def run(args: Any) -> dict[str, Any]:
         raise SystemExit("no tasks found")
     loaded = load(args.model, args.device, args.dtype)
     builder = PromptBuilder(loaded.tokenizer)
-    methods = _methods(names, loaded, builder.stop_ids)
+    retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve())
+    methods = _methods(names, loaded, builder.stop_ids, retrieval)
     runs: dict[str, list[MethodRun]] = {name: [] for name in names}
     per_task: list[dict[str, Any]] = []
     from tqdm import tqdm
 
     for task in tqdm(tasks, desc="bench", file=sys.stderr):
+        retrieval.show(task)
         prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
         row: dict[str, Any] = {"task_id": task.task_id}
         for name, method in methods.items():
@@ -110,7 +147,8 @@ def run(args: Any) -> dict[str, Any]:
     for name in names:
         passed = [humaneval.passes(t.problem, r.text) for t, r in zip(tasks, runs[name])] if args.humaneval else None
         report["methods"][name] = _summary(runs[name], reference, passed)
-    details: dict[str, Any] = {"per_task": per_task, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    details: dict[str, Any] = {"per_task": per_task, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                               "datastore": retrieval.stats()}
     for name, method in methods.items():
         if isinstance(method, SwiftMethod):
             accepted = [n for r in runs[name] for n in r.accepted_per_pass]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -80,8 +81,9 @@ class CompletionEngine(Protocol):
         """(encode, encode_batch, tokenizer key): how the model tokenizes, for the datastore."""
         ...
 
-    def attach_retrieval(self, datastore: Any) -> None:
-        """Use ``datastore`` (``lsp_server.datastore.Datastore``) as a draft source."""
+    def attach_retrieval(self, datastore: Any, preference_file: Path | None = None) -> None:
+        """Use ``datastore`` (``lsp_server.datastore.Datastore``) as a draft source; keep the
+        workspace's preference cache in ``preference_file`` across restarts."""
         ...
 
     def retrieval_preview(self, prefix: str, limit: int = 8) -> list[dict[str, Any]]:

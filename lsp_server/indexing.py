@@ -16,7 +16,9 @@ from typing import Any
 from pygls.uris import to_fs_path
 
 from .api import CompletionEngine
+from .datastore.cache import short_hash
 from .datastore.service import DatastoreService
+from .paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ class WorkspaceIndexer:
                 self.service.start_watching()
             if not self.service.load_general():
                 build_general(self.service)
-        engine.attach_retrieval(self.service.datastore)
+        preference = cache_root() / "preference" / f"{short_hash(str(root), key)}.json"
+        engine.attach_retrieval(self.service.datastore, preference)
 
     def _path(self, uri: str) -> str | None:
         return to_fs_path(uri) if uri.startswith("file:") else None

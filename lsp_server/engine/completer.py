@@ -6,8 +6,10 @@ then the prompt with KV reuse and greedy decoding under the stop rules.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ..api import CompletionRequest, CompletionResult, CompletionStats
@@ -23,6 +25,9 @@ from .stopping import baseline_rules, tidy_completion
 from .typeahead import TypeaheadCache
 
 
+log = logging.getLogger(__name__)
+
+
 class LocalEngine:
     """Implements :class:`lsp_server.api.CompletionEngine` on a loaded transformers model."""
 
@@ -33,6 +38,7 @@ class LocalEngine:
         self.decoder = Decoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
         self.typeahead = TypeaheadCache()
         self.drafter: SpeculativeDrafter | None = None
+        self._preference_file: Path | None = None
         if speculation is not None:
             vocab = loaded.model.get_output_embeddings().weight.shape[0]
             cost = None if speculation.fixed_nodes is not None else cost_model_for(self.decoder.verify, loaded.name, vocab)
@@ -72,10 +78,18 @@ class LocalEngine:
         encode, encode_batch = hf_encoders(self.loaded.tokenizer)
         return encode, encode_batch, hf_tokenizer_key(self.loaded.tokenizer)
 
-    def attach_retrieval(self, datastore: Any) -> None:
-        """Draft from ``datastore`` too (repository and general code, kept current elsewhere)."""
-        if self.drafter is not None:
-            self.drafter.retrieval = [datastore]
+    def attach_retrieval(self, datastore: Any, preference_file: Path | None = None) -> None:
+        """Draft from ``datastore`` too (repository and general code, kept current elsewhere).
+
+        ``preference_file`` keeps the preference cache of this workspace across restarts:
+        loaded now, saved when the engine closes.
+        """
+        if self.drafter is None:
+            return
+        self.drafter.retrieval = [datastore]
+        self._preference_file = preference_file
+        if preference_file is not None:
+            self.drafter.cache.load(preference_file)
 
     def retrieval_preview(self, prefix: str, limit: int = 8) -> list[dict[str, Any]]:
         """What the datastore would draft after ``prefix``: for users asking "why", and tests."""
@@ -115,5 +129,10 @@ class LocalEngine:
         return data
 
     def close(self) -> None:
+        if self.drafter is not None and self._preference_file is not None:
+            try:
+                self.drafter.cache.save(self._preference_file)
+            except OSError as exc:
+                log.warning("cannot save the preference cache: %s", exc)
         self.decoder.kv.clear()
         self.typeahead.clear()

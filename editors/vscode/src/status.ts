@@ -10,6 +10,8 @@ export interface LastCompletion {
   seconds: number;
   tokensPerSecond: number;
   source: string;
+  /** Speed over plain greedy decoding on this device (speculation on), when known. */
+  speedup?: number;
 }
 
 export interface ServerStatus {
@@ -61,6 +63,9 @@ export function parseStatus(raw: unknown): ServerStatus | undefined {
       tokensPerSecond: finiteNumber(last.tokens_per_second),
       source: typeof last.source === 'string' ? last.source : 'model',
     };
+    if (typeof last.speedup_estimate === 'number' && last.speedup_estimate > 0) {
+      status.lastCompletion.speedup = last.speedup_estimate;
+    }
   }
   return status;
 }
@@ -74,13 +79,14 @@ export interface StatusView {
   severity: 'normal' | 'warning' | 'error';
 }
 
-/** "42 tok/s" for the last model completion; typed-ahead answers have no speed worth showing. */
+/** "42 tok/s, 2.1x" for the last model completion; typed-ahead answers have no speed worth showing. */
 export function formatSpeed(last: LastCompletion | undefined): string | undefined {
   if (last === undefined || last.source !== 'model' || last.tokensPerSecond <= 0) {
     return undefined;
   }
   const rate = last.tokensPerSecond;
-  return `${rate >= 100 ? Math.round(rate) : rate.toFixed(1)} tok/s`;
+  const speed = `${rate >= 100 ? Math.round(rate) : rate.toFixed(1)} tok/s`;
+  return last.speedup === undefined ? speed : `${speed}, ${last.speedup.toFixed(1)}x`;
 }
 
 function describeModel(status: ServerStatus): string {

@@ -45,6 +45,10 @@ class DrafterStats:
     retrieval_seconds: float = 0.0
     accepted_by_source: Counter[str] = field(default_factory=Counter)
     proposed_by_source: Counter[str] = field(default_factory=Counter)
+    offered_by_source: Counter[str] = field(default_factory=Counter)
+    """Passes in which the source had any draft."""
+    first_token_hits: Counter[str] = field(default_factory=Counter)
+    """Passes in which the source's best guess for the next token was the model's token."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,11 @@ class DrafterStats:
             "retrieval_seconds": round(self.retrieval_seconds, 4),
             "accepted_by_source": dict(self.accepted_by_source),
             "proposed_by_source": dict(self.proposed_by_source),
+            "first_token_hit_rate": {
+                source: round(self.first_token_hits[source] / offered, 3)
+                for source, offered in self.offered_by_source.items()
+            },
+            "offered_by_source": dict(self.offered_by_source),
         }
 
 
@@ -189,6 +198,8 @@ class SpeculativeDrafter:
         for source, guess in self._top_guess.items():
             hit = guess == verified.accepted[0]
             self.source_rates[source] = 0.9 * self.source_rates[source] + 0.1 * hit
+            self.stats.offered_by_source[source] += 1
+            self.stats.first_token_hits[source] += hit
         self._top_guess = {}
         if not len(tree):
             return

@@ -72,6 +72,7 @@ describe('formatSpeed and summarizeStatus', () => {
   it('formats speeds and skips typed-ahead answers', () => {
     assert.equal(formatSpeed({ newTokens: 10, seconds: 0.1, tokensPerSecond: 123.4, source: 'model' }), '123 tok/s');
     assert.equal(formatSpeed({ newTokens: 0, seconds: 0, tokensPerSecond: 0, source: 'model' }), undefined);
+    assert.equal(formatSpeed({ newTokens: 9, seconds: 0.5, tokensPerSecond: 18, source: 'model', speedup: 2.04 }), '18.0 tok/s, 2.0x');
     assert.equal(formatSpeed({ newTokens: 4, seconds: 0.001, tokensPerSecond: 4000, source: 'typeahead' }), undefined);
   });
 

@@ -44,7 +44,8 @@ class SwiftguardServer(LanguageServer):
         self.scheduler = CompletionScheduler(self._run_completion)
         self.indexer = WorkspaceIndexer()
         self.last_stats: CompletionStats | None = None
-        self._load_task: asyncio.Future[None] | None = None
+        self._load_task: asyncio.Future[None] | None = None  # held: asyncio keeps only weak refs
+        self._general_task: asyncio.Future[None] | None = None
         self.pending_errors: list[str] = []
         self.shutting_down = False
 
@@ -147,7 +148,7 @@ class SwiftguardServer(LanguageServer):
         return Path(root) if root else None
 
     def _build_general_soon(self, service: Any) -> None:
-        asyncio.ensure_future(self._build_general(service))
+        self._general_task = asyncio.ensure_future(self._build_general(service))
 
     async def _build_general(self, service: Any) -> None:
         """Index the general code corpus once (persisted), with ``$/progress``."""

@@ -240,3 +240,21 @@ def test_index_general_command_builds_the_corpus_with_progress(tmp_path, cache, 
     captured = capsys.readouterr()
     assert json.loads(captured.out)["tokens"] > 500 and "general corpus" in captured.err
     assert len(list((cache / "datastore" / "general").glob("*.npz"))) == 1
+
+
+def test_a_service_that_does_not_persist_goes_idle_after_the_save_interval(tmp_path):
+    """Regression: with persist=False the worker once spun forever on a save it never did."""
+    (tmp_path / "a.py").write_text("alpha beta gamma\n")
+    service = DatastoreService(tmp_path, word_encode, "words", persist=False, reuse_saved=False,
+                               use_client_watcher=True, save_interval=0.05)
+    service.start()
+    try:
+        assert service.wait_idle(5)
+        service.open_document(tmp_path / "a.py", "alpha beta delta\n")
+        assert service.wait_idle(5)
+        cpu = time.process_time()
+        time.sleep(0.5)  # many save intervals: an idle worker sleeps through them
+        assert time.process_time() - cpu < 0.2
+        assert service.wait_idle(1)
+    finally:
+        service.stop()

@@ -62,7 +62,8 @@ class _Retrieval:
             self.service.close_document(self._open)
         self._open = str(self.workspace / task.path)
         self.service.open_document(self._open, task.prefix + task.suffix)
-        self.service.wait_idle()
+        if not self.service.wait_idle(120):
+            raise RuntimeError("the datastore did not finish indexing the task's document in 120 s")
 
     def stats(self) -> dict[str, Any]:
         return self.service.stats()

@@ -363,7 +363,10 @@ class DatastoreService:
 
     def _save(self, force: bool = False) -> None:
         """Save if anything changed, at most every ``save_interval`` seconds unless forced."""
-        if not self.persist or self.workspace is None or not self._dirty:
+        if not self.persist or self.workspace is None:
+            self._dirty = False  # nothing will ever save it: idle work must not come back for it
+            return
+        if not self._dirty:
             return
         if not force and time.monotonic() - self._last_save < self.save_interval:
             return

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 FORMAT = "genguard-1"
@@ -108,14 +108,10 @@ def read_info(path: Path) -> HeadInfo:
     try:
         with safe_open(str(path), framework="pt") as handle:
             return HeadInfo.from_metadata(handle.metadata(), path)
-    except (OSError, safetensors_error()) as exc:
+    except (OSError, SafetensorError) as exc:
         raise HeadError(f"cannot read GenGuard head {path}: {exc}") from exc
 
 
-def safetensors_error() -> type[Exception]:
-    from safetensors import SafetensorError
-
-    return SafetensorError
 
 
 def load_head(path: Path, hidden_size: int, tokenizer_key: str | None = None) -> tuple[GuardHead, HeadInfo]:

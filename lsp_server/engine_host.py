@@ -26,7 +26,8 @@ def load_local_engine(settings: Settings, progress: Callable[[str], None]) -> Co
     from .engine import build_engine  # imports torch: only ever on the loading thread
 
     return build_engine(
-        settings.model, settings.device, settings.dtype, settings.trust_remote_code, settings.speculation, progress
+        settings.model, settings.device, settings.dtype, settings.trust_remote_code, settings.speculation,
+        settings.genguard, progress
     )
 
 

@@ -87,6 +87,7 @@ class SwiftguardServer(LanguageServer):
             suffix=cursor.suffix,
             max_new_tokens=self.settings.max_new_tokens,
             context_tokens=self.settings.context_tokens,
+            language_id=self.workspace.text_documents[uri].language_id or "",
             document_key=uri,
         )
         result = await self.scheduler.submit(request)

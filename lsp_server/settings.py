@@ -85,12 +85,14 @@ class Settings:
     trust_remote_code: bool = field(default=False, metadata={"check": _boolean})
     speculation: bool = field(default=True, metadata={"check": _boolean})
     """Lossless speculative decoding (same output as plain greedy decoding, fewer passes)."""
+    genguard: bool = field(default=True, metadata={"check": _boolean})
+    """Stop at the logical end of the code with the learned GenGuard head (when one fits the model)."""
     general_corpus: bool = field(default=True, metadata={"check": _boolean})
     """Draft from general code too (this Python's standard library, indexed once in the background)."""
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings whose change requires rebuilding the engine."""
-        return (self.model, self.device, self.dtype, self.trust_remote_code, self.speculation)
+        return (self.model, self.device, self.dtype, self.trust_remote_code, self.speculation, self.genguard)
 
 
 def _camel(name: str) -> str:

@@ -23,7 +23,7 @@ from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
 from ..engine.prompt import PromptBuilder
 from ..engine.speculation.drafter import DrafterConfig, RetrievalSource, SpeculativeDrafter
-from ..engine.stopping import StopRule
+from ..stop_rule import StopRule
 
 
 @dataclass
@@ -36,17 +36,39 @@ class MethodRun:
 
 
 class _RuleCriteria(StoppingCriteria):
-    """Applies one of our stop rules inside ``generate``; remembers where to cut."""
+    """Applies one of our stop rules inside ``generate``; remembers where to cut.
 
-    def __init__(self, rule: StopRule, decode: Callable[[list[int]], str], prompt_length: int) -> None:
+    Rules that read hidden states (GenGuard) get them from a hook on the model's final
+    norm: the last pass's rows that predicted this step's new tokens (its last row for
+    the prompt pass; the first rows for a prompt-lookup verification pass, which feeds
+    the last token and then the candidates).
+    """
+
+    def __init__(self, rule: StopRule, decode: Callable[[list[int]], str], prompt_length: int,
+                 norm: torch.nn.Module) -> None:
         self.rule = rule
         self.decode = decode
         self.prompt_length = prompt_length
         self.keep_chars: int | None = None
+        self._seen = 0
+        self._states: torch.Tensor | None = None
+        self._hook = norm.register_forward_hook(self._capture)
+
+    def _capture(self, _module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        self._states = output[0]
+
+    def close(self) -> None:
+        self._hook.remove()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         new = input_ids[0, self.prompt_length :].tolist()
-        decision = self.rule.step(self.decode(new), new[-1:], None)
+        fresh = len(new) - self._seen
+        states = self._states
+        hidden = None
+        if states is not None:
+            hidden = states[-1:] if self._seen == 0 else states[:fresh]
+        self._seen = len(new)
+        decision = self.rule.step(self.decode(new), new[-fresh:], hidden)
         if decision is not None:
             self.keep_chars = decision.keep_chars
         return torch.full((input_ids.shape[0],), decision is not None, dtype=torch.bool, device=input_ids.device)
@@ -77,7 +99,8 @@ class GenerateMethod:
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
         tokenizer = self.loaded.tokenizer
         ids = torch.tensor([list(prompt)], device=self.loaded.device)
-        criteria = _RuleCriteria(rule, tokenizer.decode, len(prompt)) if rule is not None else None
+        norm = self.loaded.model.get_decoder().norm
+        criteria = _RuleCriteria(rule, tokenizer.decode, len(prompt), norm) if rule is not None else None
         kwargs: dict[str, Any] = {}
         if self.prompt_lookup:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup
@@ -93,6 +116,8 @@ class GenerateMethod:
                 )
         finally:
             counter.close()
+            if criteria is not None:
+                criteria.close()
         seconds = time.perf_counter() - started
         new = out[0, len(prompt) :].tolist()
         ends = [i for i, token in enumerate(new) if token in self.stop_ids]

@@ -19,20 +19,29 @@ from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
 from ..engine.loader import load
 from ..engine.prompt import PromptBuilder, newline_token_ids
 from ..engine.speculation.calibration import cost_model_for
-from ..engine.stopping import StopRule, baseline_rules
+from ..engine.stopping import StopRules, baseline_rules
+from ..genguard import genguard_rule
+from ..stop_rule import StopRule
+from ..syntax import SyntaxStop, detect_language
 from . import humaneval
 from .methods import ABLATIONS, GenerateMethod, MethodRun, SwiftMethod
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
 
-def _stop_rule(mode: str, task: Task) -> StopRule | None:
+def _stop_rule(mode: str, task: Task, loaded: Any) -> StopRule | None:
+    """The same rule for every method: none, the tree-sitter rule, or GenGuard with it."""
     if mode == "none":
         return None
-    if mode == "syntax":
-        rule = baseline_rules()
-        rule.begin(task.prefix, task.suffix)
-        return rule
-    raise SystemExit("--stop genguard needs a trained GenGuard head, which is not part of this build yet")
+    language = "python" if task.problem else detect_language(task.path)
+    rules: list[StopRule] = [SyntaxStop(language) if language else baseline_rules()]
+    if mode == "genguard":
+        guard = genguard_rule(loaded.name, loaded.model.config.hidden_size, loaded.tokenizer, language)
+        if guard is None:
+            raise SystemExit(f"--stop genguard: no GenGuard head for {loaded.name}")
+        rules.insert(0, guard)
+    rule = StopRules(rules)
+    rule.begin(task.prefix, task.suffix)
+    return rule
 
 
 class _Retrieval:
@@ -131,7 +140,7 @@ def run(args: Any) -> dict[str, Any]:
         prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
         row: dict[str, Any] = {"task_id": task.task_id}
         for name, method in methods.items():
-            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task))
+            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, loaded))
             runs[name].append(result)
             row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
                          "new_tokens": result.new_tokens, "passes": result.forward_passes}

@@ -15,13 +15,14 @@ def build_engine(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     speculation: bool = True,
+    genguard: bool = True,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> LocalEngine:
     """Load a model and wrap it as a ready :class:`LocalEngine`."""
     loaded = load(model, device, dtype, trust_remote_code, progress)
     if speculation:
         progress("measuring verification cost on this device (first start only)")
-    return LocalEngine(loaded, speculation=DrafterConfig() if speculation else None)
+    return LocalEngine(loaded, speculation=DrafterConfig() if speculation else None, genguard=genguard)
 
 
 __all__ = ["LocalEngine", "LoadedModel", "ModelLoadError", "build_engine", "load"]

@@ -21,7 +21,8 @@ from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
-from .stopping import baseline_rules, tidy_completion
+from .stop_rules import StopRuleFactory
+from .stopping import tidy_completion
 from .typeahead import TypeaheadCache
 
 
@@ -31,12 +32,17 @@ log = logging.getLogger(__name__)
 class LocalEngine:
     """Implements :class:`lsp_server.api.CompletionEngine` on a loaded transformers model."""
 
-    def __init__(self, loaded: LoadedModel, reuse_kv: bool = True, speculation: DrafterConfig | None = None) -> None:
-        """``speculation=None`` decodes plainly; pass a ``DrafterConfig`` to speculate."""
+    def __init__(
+        self, loaded: LoadedModel, reuse_kv: bool = True, speculation: DrafterConfig | None = None,
+        genguard: bool = True,
+    ) -> None:
+        """``speculation=None`` decodes plainly; pass a ``DrafterConfig`` to speculate.
+        ``genguard`` stops with the learned rule when a head matches the model."""
         self.loaded = loaded
         self.prompts = PromptBuilder(loaded.tokenizer)
         self.decoder = Decoder(loaded.model, loaded.tokenizer, self.prompts.stop_ids, reuse_kv=reuse_kv)
         self.typeahead = TypeaheadCache()
+        self.stop_rules = StopRuleFactory(loaded, genguard)
         self.drafter: SpeculativeDrafter | None = None
         self._preference_file: Path | None = None
         if speculation is not None:
@@ -54,7 +60,7 @@ class LocalEngine:
             stats = CompletionStats(source="typeahead", seconds=time.perf_counter() - started)
             return CompletionResult(rest, stats)
         prompt = self.prompts.build(request.prefix, request.suffix, request.context_tokens)
-        rules = baseline_rules()
+        rules = self.stop_rules.for_document(request.document_key, request.language_id)
         rules.begin(request.prefix, request.suffix)
         out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel, self.drafter)
         stats = CompletionStats(
@@ -123,6 +129,7 @@ class LocalEngine:
             "fim": self.prompts.uses_fim,
             "load_seconds": round(self.loaded.load_seconds, 2),
             "speculation": self.drafter is not None,
+            "stop_rule": self.stop_rules.status,
         }
         if self.drafter is not None:
             data["drafter"] = self.drafter.stats.as_json()

@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from .kv_reuse import PrefixKVCache
 from .speculation.draft_tree import DraftTree
 from .speculation.verify import TreeVerifier, Verified
-from .stopping import StopRule
+from ..stop_rule import StopRule
 
 
 class Drafter(Protocol):

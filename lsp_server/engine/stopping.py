@@ -1,10 +1,4 @@
-"""When to stop generating: the pluggable stop-rule seam and the baseline rules.
-
-The decoder calls every rule after each decoding step with the completion text so far
-and the tokens accepted in that step, together with their hidden states.  ``hidden[j]``
-is the final-norm hidden state *from which* ``accepted[j]`` was predicted (the model's
-view just before that token), so a learned rule (GenGuard) gets it for free from the
-forward pass that was run anyway, and a speculative step hands over several at once.
+"""When to stop generating: the baseline rules and their combination (see ``stop_rule``).
 
 The baseline rules work on text alone: stop when a line dedents out of the cursor's
 block, and stop when the model starts re-typing the text after the cursor.
@@ -13,27 +7,11 @@ block, and stop when the model starts re-typing the text after the cursor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from ..stop_rule import StopDecision, StopRule
 
 _OPENERS = (":", "{", "(", "[")
-
-
-@dataclass(frozen=True)
-class StopDecision:
-    keep_chars: int
-    """Length of the completion text to keep; everything after it is discarded."""
-    reason: str
-
-
-class StopRule(Protocol):
-    def begin(self, prefix: str, suffix: str) -> None:
-        """Called once per completion, before the first step."""
-        ...
-
-    def step(self, text: str, accepted: Sequence[int], hidden: Any) -> StopDecision | None:
-        """Judge the completion after one decoding step; None means go on."""
-        ...
 
 
 def _indent(line: str) -> int:

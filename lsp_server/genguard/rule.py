@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..syntax.stop import StopDecision, unfinished
+from ..stop_rule import StopDecision
+from ..syntax.stop import unfinished
 from .head import GuardHead
 
 

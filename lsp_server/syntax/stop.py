@@ -25,25 +25,17 @@ not on how the decoder split its output into steps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tree_sitter import Node, Parser
 
+from ..stop_rule import StopDecision
 from .functions import walk
 from .languages import LANGUAGES, parser
 
 _OPEN = frozenset({"{", "(", "[", "${", "#{"})
 _CLOSE = frozenset({"}", ")", "]"})
 _STRINGISH = ("string", "comment", "char", "heredoc", "template", "raw_string", "interpreted_string")
-
-
-@dataclass(frozen=True)
-class StopDecision:
-    """Same shape as ``engine.stopping.StopDecision`` (duck-typed; kept here so this package needs no torch)."""
-
-    keep_chars: int
-    reason: str
 
 
 def _indent(line: str) -> int:

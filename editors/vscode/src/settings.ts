@@ -38,6 +38,7 @@ export const SERVER_KEYS = [
   'trustRemoteCode',
   'speculation',
   'generalCorpus',
+  'genguard',
 ] as const;
 
 export type ServerKey = (typeof SERVER_KEYS)[number];

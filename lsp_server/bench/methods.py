@@ -33,6 +33,7 @@ class MethodRun:
     seconds: float
     forward_passes: int
     accepted_per_pass: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
 
 
 class _RuleCriteria(StoppingCriteria):
@@ -125,7 +126,7 @@ class GenerateMethod:
         text = tokenizer.decode(new)
         if criteria is not None and criteria.keep_chars is not None:
             text = text[: criteria.keep_chars]
-        return MethodRun(text, len(new), seconds, counter.count)
+        return MethodRun(text, len(new), seconds, counter.count, token_ids=new)
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -160,4 +161,5 @@ class SwiftMethod:
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
         out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter)
-        return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass)
+        return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
+                         out.token_ids)

@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
 from ..engine.loader import load
 from ..engine.prompt import PromptBuilder, newline_token_ids
@@ -102,6 +104,29 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
     return methods
 
 
+def _divergence(loaded: Any, prompt: list[int], reference: list[int], other: list[int]) -> dict[str, Any] | None:
+    """Where ``other`` first leaves the reference output, and how close the call was there.
+
+    The logits come from one plain pass over the prompt and the reference tokens before
+    that point (the reference's own numerics): a small gap between the two tokens' logits
+    means a near-tie that a multi-token pass in bf16 can flip; a large one would be a bug.
+    """
+    index = next((i for i, (a, b) in enumerate(zip(reference, other)) if a != b), None)
+    if index is None:
+        return None
+    with torch.inference_mode():
+        ids = torch.tensor([prompt + reference[:index]], device=loaded.model.device)
+        logits = loaded.model(ids, logits_to_keep=1).logits[0, -1].float()
+    top2 = logits.topk(2).values.tolist()
+    return {
+        "token_index": index,
+        "reference_token_logit": round(float(logits[reference[index]]), 4),
+        "other_token_logit": round(float(logits[other[index]]), 4),
+        "gap": round(float(logits[reference[index]] - logits[other[index]]), 4),
+        "top2_gap": round(top2[0] - top2[1], 4),
+    }
+
+
 def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: list[bool] | None) -> dict[str, Any]:
     new_tokens = sum(run.new_tokens for run in runs)
     seconds = sum(run.seconds for run in runs)
@@ -135,9 +160,11 @@ def run(args: Any) -> dict[str, Any]:
     per_task: list[dict[str, Any]] = []
     from tqdm import tqdm
 
+    prompts: list[list[int]] = []
     for task in tqdm(tasks, desc="bench", file=sys.stderr):
         retrieval.show(task)
         prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
+        prompts.append(prompt)
         row: dict[str, Any] = {"task_id": task.task_id}
         for name, method in methods.items():
             result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, loaded))
@@ -164,6 +191,11 @@ def run(args: Any) -> dict[str, Any]:
             accepted = [n for r in runs[name] for n in r.accepted_per_pass]
             details[name] = {"drafter": method.drafter.stats.as_json(), "accepted_histogram": dict(sorted(Counter(accepted).items()))}
     if reference is not None:
+        details["divergences"] = {
+            name: [dict(task_id=t.task_id, **d) for t, p, a, r in zip(tasks, prompts, reference, runs[name])
+                   if (d := _divergence(loaded, p, a.token_ids, r.token_ids)) is not None]
+            for name in names if name != "ar"
+        }
         for name in names:
             ratios = [r.new_tokens / r.seconds / (a.new_tokens / a.seconds) for r, a in zip(runs[name], reference)
                       if r.seconds and a.seconds and a.new_tokens]

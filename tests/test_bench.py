@@ -1,0 +1,36 @@
+"""`swiftguard bench` end to end on the tiny model: the JSON contract, and lossless in fp32."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "shapes.py").write_text(
+        "def area(width, height):\n    \"\"\"Area of a rectangle.\"\"\"\n    product = width * height\n"
+        "    checked = max(product, 0)\n    return checked\n\n\n"
+        "def perimeter(width, height):\n    total = width + height\n    doubled = 2 * total\n    return doubled\n"
+    )
+    report_path = tmp_path / "report.json"
+    subprocess.run(
+        [sys.executable, "-m", "lsp_server", "--log-level", "warning", "bench", "--workspace", str(repo),
+         "--tasks", "2", "--max-new-tokens", "12", "--model", str(tiny_model_dir), "--dtype", "float32",
+         "--methods", "ar,pld,swift,swift-fixed4", "--json", str(report_path), "--plot", str(tmp_path / "plot.png")],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads(report_path.read_text())
+    assert {"model", "device", "dtype", "tasks", "stop", "methods"} <= report.keys()
+    assert report["tasks"] == 2 and report["dtype"] == "float32" and report["stop"] == "none"
+    for name in ("ar", "pld", "swift", "swift-fixed4"):
+        method = report["methods"][name]
+        assert {"new_tokens", "seconds", "tokens_per_second", "forward_passes", "mean_accepted_per_pass",
+                "identical_to_ar", "pass_at_1"} <= method.keys()
+        assert method["new_tokens"] == 24 and method["pass_at_1"] is None
+    # fp32: the engine's output is plain greedy output, token for token.
+    assert report["methods"]["swift"]["identical_to_ar"] == 1.0
+    assert report["details"]["divergences"]["swift"] == []
+    assert (tmp_path / "plot.png").stat().st_size > 0

@@ -30,3 +30,13 @@ def tiny_loaded(tiny_model_dir: Path):
     from lsp_server.engine import load
 
     return load(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def assert_same_cache(ours, theirs) -> None:
+    """Two KV caches hold the same keys and values (to fp32 rounding)."""
+    import torch
+
+    assert len(ours.layers) == len(theirs.layers)
+    for a, b in zip(ours.layers, theirs.layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-4)

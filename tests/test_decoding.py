@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_same_cache
 from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.stopping import StopDecision
@@ -70,9 +71,7 @@ def test_kv_reuse_encodes_only_new_tokens_and_cache_matches_sequential(tiny_load
 
     scratch = DynamicCache()
     decoder.hidden_states(reused_ids, scratch)
-    for layer in range(len(scratch.layers)):
-        torch.testing.assert_close(reused_cache.layers[layer].keys, scratch.layers[layer].keys, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(reused_cache.layers[layer].values, scratch.layers[layer].values, atol=1e-5, rtol=1e-4)
+    assert_same_cache(reused_cache, scratch)
 
 
 def test_cancel_stops_within_one_step(tiny_loaded):

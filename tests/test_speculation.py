@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
+from conftest import assert_same_cache
 from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.speculation.draft_tree import DraftTree, build_tree
@@ -125,9 +126,7 @@ def test_kv_cache_after_acceptance_equals_sequential_cache(tiny_loaded):
     assert kept_ids == (prompt + plain.token_ids)[: len(kept_ids)]
     scratch = DynamicCache()
     decoder.hidden_states(kept_ids, scratch)
-    for ours, theirs in zip(kept.layers, scratch.layers):
-        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-4)
+    assert_same_cache(kept, scratch)
 
 
 def test_cancel_mid_speculation(tiny_loaded):

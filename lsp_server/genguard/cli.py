@@ -111,6 +111,7 @@ def _humaneval(args: argparse.Namespace) -> int:
     from ..engine import ModelLoadError, load
     from . import GenGuardStop, load_head, tokenizer_hash
     from .estimate import default_rules, humaneval_estimate
+    from .train import emit_report
 
     torch.set_num_threads(args.threads)
     try:
@@ -127,11 +128,7 @@ def _humaneval(args: argparse.Namespace) -> int:
                                         language="python")
     report = humaneval_estimate(loaded, default_rules(loaded, genguard), args.humaneval, args.max_new_tokens,
                                 args.seed, lambda msg: print(msg, file=sys.stderr), args.runs_cache)
-    text = json.dumps(report, indent=2)
-    if args.report:
-        args.report.write_text(text)
-    print(text)
-    return 0
+    return emit_report(report, args.report)
 
 
 def run_genguard(args: argparse.Namespace) -> int:

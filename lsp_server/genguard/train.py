@@ -312,9 +312,14 @@ def run_train(args: argparse.Namespace) -> int:
     save_head(args.out, chosen_head, info)
     report = {"head": str(args.out), "mix": chosen_name, "threshold": chosen_threshold, "data": summary,
               "results": results, "seconds": round(time.perf_counter() - started, 1)}
+    return emit_report(report, args.report)
+
+
+def emit_report(report: dict, path: Path | None) -> int:
+    """Print a JSON report (and save it to ``path`` when given); the command's exit status."""
     text = json.dumps(report, indent=2)
-    if args.report:
-        args.report.write_text(text)
+    if path:
+        path.write_text(text)
     print(text)
     return 0
 
@@ -335,8 +340,4 @@ def run_eval(args: argparse.Namespace) -> int:
               "eval": _evaluate(head, _tokenizer(args), data,
                                 {k: v for k, v in masks.items() if k not in ("train", "tune")},
                                 threshold, args.min_new_tokens)}
-    text = json.dumps(report, indent=2)
-    if args.report:
-        args.report.write_text(text)
-    print(text)
-    return 0
+    return emit_report(report, args.report)

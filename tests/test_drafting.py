@@ -61,3 +61,16 @@ def test_best_prefix_follows_the_device():
     assert best_prefix(probabilities, flat, 64) == 6
     assert best_prefix(probabilities, steep, 64) < 6
     assert best_prefix([], steep, 64) == 0
+
+
+def test_online_cost_learns_the_slope_of_long_contexts():
+    from lsp_server.engine.speculation.budget import OnlineCost
+
+    calibrated = VerifyCostModel([0, 64], [0.05, 0.06])  # measured at a short context: nodes look free
+    cost = OnlineCost(calibrated)
+    assert cost(32) == calibrated(32)
+    for nodes in [0, 8, 16, 32, 4, 24] * 3:       # real passes: 3 ms per node
+        cost.observe(nodes, 0.1 + 0.003 * nodes)
+    assert abs(cost(40) - 0.22) < 1e-6
+    probabilities = [0.5, 0.3, 0.1, 0.05] + [0.02] * 30
+    assert best_prefix(probabilities, cost, 64) < best_prefix(probabilities, calibrated, 64)

@@ -20,6 +20,7 @@ import torch
 from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
 from ..engine.loader import load
 from ..engine.prompt import PromptBuilder, newline_token_ids
+from ..engine.speculation.budget import OnlineCost
 from ..engine.speculation.calibration import cost_model_for
 from ..engine.stopping import StopRules, baseline_rules
 from ..genguard import genguard_rule
@@ -97,7 +98,7 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
             if cost is None:
                 vocab = loaded.model.get_output_embeddings().weight.shape[0]
                 cost = cost_model_for(method.decoder.verify, loaded.name, vocab)
-            method.drafter.cost = cost
+            method.drafter.cost = OnlineCost(cost)
             methods[name] = method
         else:
             raise SystemExit(f"unknown method {name!r} (ar, pld, swift, swift-<ablation>)")

@@ -71,6 +71,45 @@ class VerifyCostModel:
             return None
 
 
+class OnlineCost:
+    """The calibrated curve, corrected by the passes actually observed.
+
+    Calibration runs at a fixed context length; real prompts are often longer, and every
+    extra tree node then costs more attention.  Recent (tree size, seconds) pairs are fit
+    by decayed least squares to ``a + b * n``; once the fit has seen varied sizes it
+    replaces the calibrated curve, whose shape alone decides the tree size.
+    """
+
+    def __init__(self, calibrated: VerifyCostModel, decay: float = 0.97, min_weight: float = 8.0) -> None:
+        self.calibrated = calibrated
+        self.decay = decay
+        self.min_weight = min_weight
+        self._sums = [0.0] * 5  # weight, Σn, Σt, Σn², Σnt
+
+    def observe(self, nodes: int, seconds: float) -> None:
+        w, sn, st, snn, snt = (value * self.decay for value in self._sums)
+        self._sums = [w + 1, sn + nodes, st + seconds, snn + nodes * nodes, snt + nodes * seconds]
+
+    def _fit(self) -> tuple[float, float] | None:
+        w, sn, st, snn, snt = self._sums
+        if w < self.min_weight:
+            return None
+        variance = snn / w - (sn / w) ** 2
+        if variance < 4.0:  # sizes too alike to tell the slope
+            return None
+        slope = (snt / w - (sn / w) * (st / w)) / variance
+        intercept = st / w - slope * sn / w
+        if slope <= 0 or intercept <= 0:
+            return None
+        return intercept, slope
+
+    def __call__(self, nodes: int) -> float:
+        fit = self._fit()
+        if fit is None:
+            return self.calibrated(nodes)
+        return fit[0] + fit[1] * nodes
+
+
 def best_prefix(probabilities: Sequence[float], cost: Callable[[int], float], limit: int) -> int:
     """How many of the (descending-probability) nodes to verify for the most tokens/second."""
     best_n, best_rate, expected = 0, 1.0 / cost(0), 1.0

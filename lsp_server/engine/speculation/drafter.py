@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .budget import VerifyCostModel, best_prefix
+from .budget import OnlineCost, VerifyCostModel, best_prefix
 from .draft_tree import DraftTree, build_tree
 from .preference_cache import PreferenceCache
 from .token_recycling import TokenRecycler
@@ -91,7 +91,7 @@ class SpeculativeDrafter:
     ) -> None:
         """``per_request`` makes a source from the document text after the cursor (tokens);
         ``split_prompt`` maps prompt ids to (text before the cursor, text after it) in tokens."""
-        self.cost = cost
+        self.cost = OnlineCost(cost) if cost is not None else None
         self.config = config or DrafterConfig()
         self.retrieval = list(retrieval)
         self.per_request = per_request
@@ -190,8 +190,10 @@ class SpeculativeDrafter:
         return tree.prefix(keep)
 
     def observe(self, tokens: Sequence[int], tree: DraftTree, verified: Verified, seconds: float) -> None:
-        """Learn from one pass: acceptance rate, recycled candidates, per-source credit."""
+        """Learn from one pass: its cost, acceptance rate, recycled candidates, per-source credit."""
         self.stats.passes += 1
+        if self.cost is not None and len(tokens) > self._prompt_length:
+            self.cost.observe(len(tree), seconds)  # decoding passes only: the prompt pass is not a tree
         if self.config.use_recycling:
             path_tokens = [tree.tokens[node] for node in verified.path]
             self.recycler.observe([tokens[-1], *path_tokens], verified.logits)

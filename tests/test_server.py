@@ -97,8 +97,7 @@ async def test_capabilities_and_progress(client: LanguageClient):
     assert caps.inline_completion_provider is not None
     assert caps.completion_provider is not None
     assert set(caps.execute_command_provider.commands) >= {"swiftguard.status", "swiftguard.restart"}
-    loading = [reports for reports in client.progress_reports.values()
-               if reports and getattr(reports[0], "title", "") == "Swiftguard: loading model"]
+    loading = loading_progress(client)
     assert len(loading) == 1
     assert isinstance(loading[0][-1], types.WorkDoneProgressEnd) and loading[0][-1].message == "ready"
 
@@ -200,9 +199,25 @@ async def test_newer_request_supersedes_older_without_cancel(client: LanguageCli
     assert (await status(client))["requests"]["superseded"] >= 1
 
 
+def loading_progress(client: LanguageClient) -> list[list]:
+    """The ``$/progress`` sequences of model loads, in the order they began."""
+    return [reports for reports in client.progress_reports.values()
+            if reports and getattr(reports[0], "title", "") == "Swiftguard: loading model"]
+
+
 async def test_restart_reloads(client: LanguageClient):
+    assert len(loading_progress(client)) == 1
     await client.workspace_execute_command_async(types.ExecuteCommandParams(command="swiftguard.restart", arguments=[]))
-    assert (await wait_for_state(client, "ready"))["engine"]["state"] == "ready"
+
+    async def reloaded() -> None:  # the state alone was "ready" before the restart too
+        while len(loads := loading_progress(client)) < 2 or not isinstance(loads[1][-1], types.WorkDoneProgressEnd):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(reloaded(), 60)
+    assert loading_progress(client)[1][-1].message == "ready"
+    assert (await status(client))["engine"]["state"] == "ready"
+    open_document(client)
+    assert (await client.text_document_inline_completion_async(inline_params(4, 4))).items
 
 
 async def test_missing_model_is_shown_and_server_stays_up(broken_client: LanguageClient):

@@ -23,7 +23,7 @@ from ..engine.prompt import PromptBuilder, newline_token_ids
 from ..engine.speculation.budget import OnlineCost
 from ..engine.speculation.calibration import cost_model_for
 from ..engine.stopping import StopRules, baseline_rules
-from ..genguard import genguard_rule
+from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
 from ..syntax import SyntaxStop, detect_language
 from . import humaneval
@@ -31,17 +31,14 @@ from .methods import ABLATIONS, GenerateMethod, MethodRun, SwiftMethod
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
 
-def _stop_rule(mode: str, task: Task, loaded: Any) -> StopRule | None:
+def _stop_rule(mode: str, task: Task, guard: LoadedGuard | None) -> StopRule | None:
     """The same rule for every method: none, the tree-sitter rule, or GenGuard with it."""
     if mode == "none":
         return None
     language = "python" if task.problem else detect_language(task.path)
     rules: list[StopRule] = [SyntaxStop(language) if language else baseline_rules()]
-    if mode == "genguard":
-        guard = genguard_rule(loaded.name, loaded.model.config.hidden_size, loaded.tokenizer, language)
-        if guard is None:
-            raise SystemExit(f"--stop genguard: no GenGuard head for {loaded.name}")
-        rules.insert(0, guard)
+    if guard is not None:
+        rules.insert(0, guard.rule(language))
     rule = StopRules(rules)
     rule.begin(task.prefix, task.suffix)
     return rule
@@ -157,6 +154,11 @@ def run(args: Any) -> dict[str, Any]:
     builder = PromptBuilder(loaded.tokenizer)
     retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve())
     methods = _methods(names, loaded, builder.stop_ids, retrieval)
+    guard = None
+    if args.stop == "genguard":
+        guard, reason = load_guard(loaded.name, loaded.model.config.hidden_size, loaded.tokenizer)
+        if guard is None:
+            raise SystemExit(f"--stop genguard: {reason}")
     runs: dict[str, list[MethodRun]] = {name: [] for name in names}
     per_task: list[dict[str, Any]] = []
     from tqdm import tqdm
@@ -168,7 +170,7 @@ def run(args: Any) -> dict[str, Any]:
         prompts.append(prompt)
         row: dict[str, Any] = {"task_id": task.task_id}
         for name, method in methods.items():
-            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, loaded))
+            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, guard))
             runs[name].append(result)
             row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
                          "new_tokens": result.new_tokens, "passes": result.forward_passes}

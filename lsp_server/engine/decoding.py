@@ -106,13 +106,14 @@ class Decoder:
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
                 break
-            tree = drafter.draft(list(prompt) + generated) if drafter is not None and generated else DraftTree.empty()
+            context = [*prompt, *generated] if drafter is not None else []  # once per pass, for both calls
+            tree = drafter.draft(context) if drafter is not None and generated else DraftTree.empty()
             pass_started = time.perf_counter()
             verified = self.verify(cache, pending, tree)
             fed.extend(pending)
             fed.extend(tree.tokens[node] for node in verified.path)
             if drafter is not None:
-                drafter.observe(list(prompt) + generated, tree, verified, time.perf_counter() - pass_started)
+                drafter.observe(context, tree, verified, time.perf_counter() - pass_started)
             if not per_pass:
                 first_token_at = time.perf_counter() - started
             accepted = verified.accepted[: max_new_tokens - len(generated)]

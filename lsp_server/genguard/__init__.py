@@ -12,6 +12,7 @@ the loaded model or returns None (the caller then relies on the syntax rule alon
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +55,52 @@ def find_head(model_name: str, hidden_size: int, tokenizer: Any, heads_dir: Path
     return None, f"no GenGuard head for {model_name}: syntax stop rule only"
 
 
-def genguard_rule(loaded_model_name: str, hidden_size: int, tokenizer: Any, language: str | None = None,
-                  threshold: float | None = None, min_new_tokens: int = 10,
-                  heads_dir: Path = HEADS_DIR) -> GenGuardStop | None:
-    """The GenGuard stop rule for the loaded model, or None when no head matches it.
+@dataclass(frozen=True)
+class LoadedGuard:
+    """A head matched to the loaded model, read once: rules for each completion come from it.
 
-    ``language`` is the document's grammar name (``syntax.detect_language``): the head is
-    trained on several languages and applies to all of them; with a known grammar, stop
-    votes inside a bracket or string the output opened are overruled.  Metadata may carry
-    per-language thresholds, which win over the global one; ``threshold`` (a user setting)
-    overrides both.
+    Looking a head up (hashing the tokenizer, reading safetensors metadata) costs about as
+    much as a forward pass, so it is done when the model loads, not per keystroke.
     """
+
+    head: GuardHead
+    info: HeadInfo
+    tokenizer: Any
+
+    def rule(self, language: str | None = None, threshold: float | None = None,
+             min_new_tokens: int = 10) -> GenGuardStop:
+        """A fresh rule for one completion in ``language``.
+
+        ``language`` is the document's grammar name (``syntax.detect_language``): the head is
+        trained on several languages and applies to all of them; with a known grammar, stop
+        votes inside a bracket or string the output opened are overruled.  Metadata may carry
+        per-language thresholds, which win over the global one; ``threshold`` (a user setting)
+        overrides both.
+        """
+        if threshold is None:
+            threshold = float(self.info.training.get("thresholds", {}).get(language or "", self.info.threshold))
+        return GenGuardStop(self.head, self.tokenizer, threshold, min_new_tokens, language=language)
+
+
+def load_guard(loaded_model_name: str, hidden_size: int, tokenizer: Any,
+               heads_dir: Path = HEADS_DIR) -> tuple[LoadedGuard | None, str]:
+    """The head for the loaded model (or None) and a line saying which, for status."""
     tokenizer_key = tokenizer_hash(tokenizer)
     path, reason = find_head(loaded_model_name, hidden_size, tokenizer, heads_dir, tokenizer_key)
     if path is None:
         log.info("%s", reason)
-        return None
+        return None, reason
     head, info = load_head(path, hidden_size, tokenizer_key)
-    if threshold is None:
-        threshold = float(info.training.get("thresholds", {}).get(language or "", info.threshold))
-    return GenGuardStop(head, tokenizer, threshold, min_new_tokens, language=language)
+    return LoadedGuard(head, info, tokenizer), reason
 
 
-__all__ = ["GenGuardStop", "GuardHead", "HeadError", "HeadInfo", "find_head", "genguard_rule", "head_path_for",
-           "load_head", "read_info", "save_head", "tokenizer_hash"]
+def genguard_rule(loaded_model_name: str, hidden_size: int, tokenizer: Any, language: str | None = None,
+                  threshold: float | None = None, min_new_tokens: int = 10,
+                  heads_dir: Path = HEADS_DIR) -> GenGuardStop | None:
+    """One-shot: the GenGuard stop rule for the loaded model, or None when no head matches it."""
+    guard, _reason = load_guard(loaded_model_name, hidden_size, tokenizer, heads_dir)
+    return guard.rule(language, threshold, min_new_tokens) if guard is not None else None
+
+
+__all__ = ["GenGuardStop", "GuardHead", "HeadError", "HeadInfo", "LoadedGuard", "find_head", "genguard_rule",
+           "head_path_for", "load_guard", "load_head", "read_info", "save_head", "tokenizer_hash"]

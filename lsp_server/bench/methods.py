@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..datastore.sources import ContextSource
+from ..engine.completer import build_drafter
 from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
 from ..engine.prompt import PromptBuilder
-from ..engine.speculation.drafter import DrafterConfig, RetrievalSource, SpeculativeDrafter
+from ..engine.speculation.drafter import DrafterConfig, RetrievalSource
 from ..stop_rule import StopRule
 
 
@@ -144,20 +144,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 class SwiftMethod:
     """This engine's decoder; one drafter for the whole run, as in an editor session."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        stop_ids: frozenset[int],
-        ablation: str,
-        newline_ids: frozenset[int],
-        retrieval: Sequence[RetrievalSource],
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], ablation: str,
+                 retrieval: Sequence[RetrievalSource]) -> None:
         self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
-        self.drafter = SpeculativeDrafter(
-            None, DrafterConfig(**ABLATIONS[ablation]), retrieval=() if ablation == "noretrieval" else retrieval,
-            per_request=lambda after: ContextSource(after), split_prompt=PromptBuilder(loaded.tokenizer).split,
-        )
-        self.drafter.set_newline_tokens(newline_ids)
+        self.drafter = build_drafter(loaded, self.decoder, PromptBuilder(loaded.tokenizer),
+                                     DrafterConfig(**ABLATIONS[ablation]),
+                                     retrieval=() if ablation == "noretrieval" else retrieval)
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
         out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter)

@@ -19,9 +19,7 @@ import torch
 
 from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
 from ..engine.loader import load
-from ..engine.prompt import PromptBuilder, newline_token_ids
-from ..engine.speculation.budget import OnlineCost
-from ..engine.speculation.calibration import cost_model_for
+from ..engine.prompt import PromptBuilder
 from ..engine.stopping import StopRules, baseline_rules
 from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
@@ -80,7 +78,6 @@ class _Retrieval:
 
 def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: _Retrieval) -> dict[str, Any]:
     methods: dict[str, Any] = {}
-    cost = None
     for name in names:
         if name == "ar":
             methods[name] = GenerateMethod(loaded, stop_ids, None)
@@ -90,13 +87,7 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
             ablation = name.removeprefix("swift").removeprefix("-")
             if ablation not in ABLATIONS:
                 raise SystemExit(f"unknown method {name!r}; ablations: {', '.join(a for a in ABLATIONS if a)}")
-            method = SwiftMethod(loaded, stop_ids, ablation, newline_token_ids(loaded.tokenizer),
-                                 [retrieval.service.datastore])
-            if cost is None:
-                vocab = loaded.model.get_output_embeddings().weight.shape[0]
-                cost = cost_model_for(method.decoder.verify, loaded.name, vocab)
-            method.drafter.cost = OnlineCost(cost)
-            methods[name] = method
+            methods[name] = SwiftMethod(loaded, stop_ids, ablation, [retrieval.service.datastore])
         else:
             raise SystemExit(f"unknown method {name!r} (ar, pld, swift, swift-<ablation>)")
     return methods

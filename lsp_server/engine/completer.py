@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,24 @@ from .typeahead import TypeaheadCache
 log = logging.getLogger(__name__)
 
 
+def build_drafter(
+    loaded: LoadedModel, decoder: Decoder, prompts: PromptBuilder, config: DrafterConfig,
+    retrieval: Sequence[Any] = (),
+) -> SpeculativeDrafter:
+    """The drafter an engine (or a bench method) speculates with.
+
+    Its tree size follows this device's verify-cost curve (measured once, then read from the
+    cache) unless ``config`` fixes it; prompt lookup covers the request's own text.
+    """
+    cost = None
+    if config.fixed_nodes is None:
+        vocab = loaded.model.get_output_embeddings().weight.shape[0]
+        cost = cost_model_for(decoder.verify, loaded.name, vocab)
+    drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split)
+    drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
+    return drafter
+
+
 class LocalEngine:
     """Implements :class:`lsp_server.api.CompletionEngine` on a loaded transformers model."""
 
@@ -46,12 +65,7 @@ class LocalEngine:
         self.drafter: SpeculativeDrafter | None = None
         self._preference_file: Path | None = None
         if speculation is not None:
-            vocab = loaded.model.get_output_embeddings().weight.shape[0]
-            cost = None if speculation.fixed_nodes is not None else cost_model_for(self.decoder.verify, loaded.name, vocab)
-            self.drafter = SpeculativeDrafter(
-                cost, speculation, per_request=lambda after: ContextSource(after), split_prompt=self.prompts.split
-            )
-            self.drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
+            self.drafter = build_drafter(loaded, self.decoder, self.prompts, speculation)
 
     def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
         started = time.perf_counter()

@@ -2,10 +2,14 @@
 
 - ``ar``: plain greedy ``generate`` from transformers (no assistant): the reference.
 - ``pld``: transformers' prompt lookup decoding (``prompt_lookup_num_tokens``).
+- ``ar-stopstrings``: plain greedy ``generate`` that stops at the conventional stop strings
+  of the task's language (HumanEval's for Python, MultiPL-E's for the others) and ignores
+  ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
   component off (``nocache``, ``norecycle``, ``notiming``, ``fixed16``...).
 
-Every method sees the same prompt ids and the same stop rule, applied as it decodes.
+Every method sees the same prompt ids and (but ``ar-stopstrings``) the same stop rule,
+applied as it decodes.
 """
 
 from __future__ import annotations
@@ -89,22 +93,50 @@ class _PassCounter:
         self._handle.remove()
 
 
-class GenerateMethod:
-    """``ar`` and ``pld``: transformers' own ``generate``."""
+STOP_STRINGS: dict[str, list[str]] = {
+    "python": ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
+    "javascript": ["\nfunction ", "\n/*", "\n//", "\nconsole.log"],
+    "go": ["\nfunc ", "struct", "\n// "],
+    "java": ["\n    }\n"],
+}
+"""Per language, the stop strings of the usual harnesses; others (C, C++, Rust) stop at ``\n}``."""
 
-    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], prompt_lookup: int | None) -> None:
+
+def stop_strings(language: str) -> list[str]:
+    language = {"typescript": "javascript", "tsx": "javascript"}.get(language, language)
+    return STOP_STRINGS.get(language, ["\n}"])
+
+
+def cut_at_stop_string(text: str, strings: Sequence[str]) -> str:
+    """The text before the first stop string (what a harness keeps)."""
+    ends = [index for index in (text.find(s) for s in strings) if index != -1]
+    return text[: min(ends)] if ends else text
+
+
+class GenerateMethod:
+    """``ar``, ``pld`` and ``ar-stopstrings``: transformers' own ``generate``."""
+
+    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], prompt_lookup: int | None,
+                 use_stop_strings: bool = False) -> None:
         self.loaded = loaded
         self.stop_ids = stop_ids
         self.prompt_lookup = prompt_lookup
+        self.use_stop_strings = use_stop_strings
 
-    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
+    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
+            language: str = "python") -> MethodRun:
         tokenizer = self.loaded.tokenizer
+        strings = stop_strings(language) if self.use_stop_strings else []
+        if strings:
+            rule = None  # the stop strings are this baseline's whole stop rule
         ids = torch.tensor([list(prompt)], device=self.loaded.device)
         norm = self.loaded.model.get_decoder().norm
         criteria = _RuleCriteria(rule, tokenizer.decode, len(prompt), norm) if rule is not None else None
         kwargs: dict[str, Any] = {}
         if self.prompt_lookup:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup
+        if strings:
+            kwargs.update(stop_strings=strings, tokenizer=tokenizer)
         counter = _PassCounter(self.loaded.model.get_decoder())
         started = time.perf_counter()
         try:
@@ -126,6 +158,7 @@ class GenerateMethod:
         text = tokenizer.decode(new)
         if criteria is not None and criteria.keep_chars is not None:
             text = text[: criteria.keep_chars]
+        text = cut_at_stop_string(text, strings)
         return MethodRun(text, len(new), seconds, counter.count, token_ids=new)
 
 
@@ -151,7 +184,8 @@ class SwiftMethod:
                                      DrafterConfig(**ABLATIONS[ablation]),
                                      retrieval=() if ablation == "noretrieval" else retrieval)
 
-    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None) -> MethodRun:
+    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
+            language: str = "python") -> MethodRun:
         out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter)
         return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
                          out.token_ids)

@@ -23,7 +23,7 @@ from ..engine.prompt import PromptBuilder
 from ..engine.stopping import StopRules, baseline_rules
 from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
-from ..syntax import SyntaxStop, detect_language
+from ..syntax import SyntaxStop
 from . import humaneval
 from .methods import ABLATIONS, GenerateMethod, MethodRun, SwiftMethod
 from .tasks import Task, humaneval_tasks, workspace_tasks
@@ -33,7 +33,7 @@ def _stop_rule(mode: str, task: Task, guard: LoadedGuard | None) -> StopRule | N
     """The same rule for every method: none, the tree-sitter rule, or GenGuard with it."""
     if mode == "none":
         return None
-    language = "python" if task.problem else detect_language(task.path)
+    language = task.language
     rules: list[StopRule] = [SyntaxStop(language) if language else baseline_rules()]
     if guard is not None:
         rules.insert(0, guard.rule(language))
@@ -83,13 +83,15 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
             methods[name] = GenerateMethod(loaded, stop_ids, None)
         elif name == "pld":
             methods[name] = GenerateMethod(loaded, stop_ids, prompt_lookup=10)
+        elif name == "ar-stopstrings":
+            methods[name] = GenerateMethod(loaded, stop_ids, None, use_stop_strings=True)
         elif name == "swift" or name.startswith("swift-"):
             ablation = name.removeprefix("swift").removeprefix("-")
             if ablation not in ABLATIONS:
                 raise SystemExit(f"unknown method {name!r}; ablations: {', '.join(a for a in ABLATIONS if a)}")
             methods[name] = SwiftMethod(loaded, stop_ids, ablation, [retrieval.service.datastore])
         else:
-            raise SystemExit(f"unknown method {name!r} (ar, pld, swift, swift-<ablation>)")
+            raise SystemExit(f"unknown method {name!r} (ar, pld, ar-stopstrings, swift, swift-<ablation>)")
     return methods
 
 
@@ -159,9 +161,9 @@ def run(args: Any) -> dict[str, Any]:
         retrieval.show(task)
         prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
         prompts.append(prompt)
-        row: dict[str, Any] = {"task_id": task.task_id}
+        row: dict[str, Any] = {"task_id": task.task_id, "language": task.language}
         for name, method in methods.items():
-            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, guard))
+            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, guard), task.language)
             runs[name].append(result)
             row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
                          "new_tokens": result.new_tokens, "passes": result.forward_passes}
@@ -196,8 +198,32 @@ def run(args: Any) -> dict[str, Any]:
             report["methods"][name]["speedup_over_ar"] = round(
                 report["methods"][name]["tokens_per_second"] / report["methods"]["ar"]["tokens_per_second"], 3)
             details.setdefault("median_task_speedup", {})[name] = round(statistics.median(ratios), 3) if ratios else None
+    details["per_language"] = _per_language(tasks, runs, reference)
+    if "ar-stopstrings" in runs:
+        baseline = sum(r.seconds for r in runs["ar-stopstrings"])
+        details["time_vs_ar_stopstrings"] = {
+            name: round(baseline / total, 3) for name in names if (total := sum(r.seconds for r in runs[name]))
+        }
     report["details"] = details
     return report
+
+
+def _per_language(tasks: list[Task], runs: dict[str, list[MethodRun]],
+                  reference: list[MethodRun] | None) -> dict[str, dict[str, Any]]:
+    """The method summaries again, for the tasks of each language separately."""
+    table: dict[str, dict[str, Any]] = {}
+    for language in sorted({task.language for task in tasks}):
+        keep = [i for i, task in enumerate(tasks) if task.language == language]
+        ref = [reference[i] for i in keep] if reference is not None else None
+        table[language] = {"tasks": len(keep)}
+        for name, method_runs in runs.items():
+            summary = _summary([method_runs[i] for i in keep], ref, None)
+            del summary["pass_at_1"]
+            if ref is not None and (ar_seconds := sum(r.seconds for r in ref)) and summary["seconds"]:
+                ar_rate = sum(r.new_tokens for r in ref) / ar_seconds
+                summary["speedup_over_ar"] = round(summary["tokens_per_second"] / ar_rate, 3) if ar_rate else None
+            table[language][name] = summary
+    return table
 
 
 def _table(report: dict[str, Any]) -> str:

@@ -1,18 +1,24 @@
 """Benchmark tasks: function bodies cut out of a real repository, or HumanEval prompts.
 
 A repository task is what an editor would show: the file with one function's body
-removed, the cursor at the start of the body (signature and docstring kept), the rest of
-the file after the cursor.  Tasks are sampled reproducibly by seed.
+removed, the cursor at the start of the body (signature and docstring or leading comments
+kept, the first body line's indentation typed), the rest of the file after the cursor.
+In brace languages the closing ``}`` stays after the cursor, as an editor's auto-closing
+leaves it.  Functions are found with tree-sitter in every language the syntax package
+knows, so one repository can yield Python, JavaScript, Go, C++... tasks, each tagged with
+its language for per-language reports.  Tasks are sampled reproducibly by seed.
 """
 
 from __future__ import annotations
 
-import ast
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..syntax import LANGUAGES, FunctionSite, detect_language, iter_functions
+
 _SKIP_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", "build", "dist", ".tox"}
+_MAX_FILE_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -26,51 +32,51 @@ class Task:
     """The removed body (repository tasks) or the canonical solution (HumanEval)."""
     problem: dict | None = None
     """The HumanEval problem, for executing the tests."""
+    language: str = "python"
 
 
-def _body_span(node: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[int, int] | None:
-    """(first line, last line), 1-based, of the body without its docstring."""
-    body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-            and isinstance(body[0].value.value, str):
-        body = body[1:]
-    if not body:
-        return None
-    return body[0].lineno, max(getattr(stmt, "end_lineno", stmt.lineno) or stmt.lineno for stmt in body)
-
-
-def _python_files(root: Path) -> list[Path]:
+def _source_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, language) for every file under ``root`` whose language has a grammar."""
     files = []
-    for path in sorted(root.rglob("*.py")):
-        if not _SKIP_DIRS.intersection(path.relative_to(root).parts) and not path.is_symlink():
-            files.append(path)
+    for path in sorted(root.rglob("*")):
+        if _SKIP_DIRS.intersection(path.relative_to(root).parts) or path.is_symlink() or not path.is_file():
+            continue
+        language = detect_language(str(path))
+        if language is not None and path.stat().st_size <= _MAX_FILE_BYTES:
+            files.append((path, language))
     return files
 
 
+def _body_end(text: str, site: FunctionSite, braces: bool) -> int:
+    """Where the removed body ends: before the newline of the closing ``}`` line, or at the
+    end of the last statement (Python), so the suffix starts with that newline."""
+    return text.rfind("\n", site.cursor, site.end - 1) if braces else site.end
+
+
+def _task(text: str, site: FunctionSite, language: str, relative: str) -> Task | None:
+    body_end = _body_end(text, site, LANGUAGES[language].braces)
+    body = text[site.cursor : body_end]
+    stripped = body.lstrip(" \t")
+    if not stripped.strip():
+        return None
+    indent = body[: len(body) - len(stripped)]
+    line = text.count("\n", 0, site.start) + 1
+    return Task(f"{relative}::{site.name}@{line}", text[: site.cursor] + indent, text[body_end:], relative,
+                stripped, language=language)
+
+
 def workspace_tasks(root: Path, count: int, seed: int, min_body_lines: int = 3, max_body_lines: int = 40) -> list[Task]:
-    """Sample ``count`` function-body tasks from the Python files under ``root``."""
+    """Sample ``count`` function-body tasks from the source files under ``root``."""
     candidates: list[Task] = []
-    for path in _python_files(root):
+    for path, language in _source_files(root):
         try:
-            source = path.read_text(encoding="utf-8")
-            tree = ast.parse(source)
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
             continue
-        lines = source.splitlines(keepends=True)
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            span = _body_span(node)
-            if span is None or not min_body_lines <= span[1] - span[0] + 1 <= max_body_lines:
-                continue
-            first, last = span
-            body_line = lines[first - 1]
-            indent = body_line[: len(body_line) - len(body_line.lstrip())]
-            prefix = "".join(lines[: first - 1]) + indent
-            suffix = "".join(lines[last:])
-            reference = "".join(lines[first - 1 : last])[len(indent) :]
-            relative = str(path.relative_to(root))
-            candidates.append(Task(f"{relative}::{node.name}@{node.lineno}", prefix, "\n" + suffix, relative, reference))
+        for site in iter_functions(text, language):
+            task = _task(text, site, language, str(path.relative_to(root)))
+            if task is not None and min_body_lines <= task.reference.count("\n") + 1 <= max_body_lines:
+                candidates.append(task)
     random.Random(seed).shuffle(candidates)
     return candidates[:count]
 

@@ -38,6 +38,8 @@ class MethodRun:
     forward_passes: int
     accepted_per_pass: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    first_token_seconds: float = 0.0
+    """Time to the first new token: the prompt's prefill, the same work for every method."""
 
 
 class _RuleCriteria(StoppingCriteria):
@@ -80,14 +82,18 @@ class _RuleCriteria(StoppingCriteria):
 
 
 class _PassCounter:
-    """Counts forward passes of a module through a hook."""
+    """Counts forward passes of a module through a hook; notes when the second one began
+    (the end of the prompt pass, which yields the first new token)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.count = 0
+        self.second_pass_at: float | None = None
         self._handle = module.register_forward_pre_hook(self._hook)
 
     def _hook(self, *_args: Any) -> None:
         self.count += 1
+        if self.count == 2:
+            self.second_pass_at = time.perf_counter()
 
     def close(self) -> None:
         self._handle.remove()
@@ -152,6 +158,7 @@ class GenerateMethod:
             if criteria is not None:
                 criteria.close()
         seconds = time.perf_counter() - started
+        first_token = seconds if counter.second_pass_at is None else counter.second_pass_at - started
         new = out[0, len(prompt) :].tolist()
         ends = [i for i, token in enumerate(new) if token in self.stop_ids]
         new = new[: ends[0]] if ends else new
@@ -159,7 +166,7 @@ class GenerateMethod:
         if criteria is not None and criteria.keep_chars is not None:
             text = text[: criteria.keep_chars]
         text = cut_at_stop_string(text, strings)
-        return MethodRun(text, len(new), seconds, counter.count, token_ids=new)
+        return MethodRun(text, len(new), seconds, counter.count, token_ids=new, first_token_seconds=first_token)
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -188,4 +195,4 @@ class SwiftMethod:
             language: str = "python") -> MethodRun:
         out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter)
         return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
-                         out.token_ids)
+                         out.token_ids, out.time_to_first_token)

@@ -122,6 +122,8 @@ def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: l
     new_tokens = sum(run.new_tokens for run in runs)
     seconds = sum(run.seconds for run in runs)
     passes = sum(run.forward_passes for run in runs)
+    decode_seconds = sum(run.seconds - run.first_token_seconds for run in runs if run.new_tokens > 1)
+    decode_tokens = sum(run.new_tokens - 1 for run in runs if run.new_tokens > 1)
     return {
         "new_tokens": new_tokens,
         "seconds": round(seconds, 3),
@@ -132,6 +134,8 @@ def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: l
             round(sum(a.text == b.text for a, b in zip(runs, reference)) / len(runs), 4) if reference else None
         ),
         "pass_at_1": round(sum(passed) / len(passed), 4) if passed is not None else None,
+        "first_token_seconds": round(sum(run.first_token_seconds for run in runs), 3),
+        "decode_tokens_per_second": round(decode_tokens / decode_seconds, 3) if decode_seconds > 0 else None,
     }
 
 
@@ -195,8 +199,7 @@ def run(args: Any) -> dict[str, Any]:
         for name in names:
             ratios = [r.new_tokens / r.seconds / (a.new_tokens / a.seconds) for r, a in zip(runs[name], reference)
                       if r.seconds and a.seconds and a.new_tokens]
-            report["methods"][name]["speedup_over_ar"] = round(
-                report["methods"][name]["tokens_per_second"] / report["methods"]["ar"]["tokens_per_second"], 3)
+            _add_speedups(report["methods"][name], report["methods"]["ar"])
             details.setdefault("median_task_speedup", {})[name] = round(statistics.median(ratios), 3) if ratios else None
     details["per_language"] = _per_language(tasks, runs, reference)
     if "ar-stopstrings" in runs:
@@ -219,22 +222,31 @@ def _per_language(tasks: list[Task], runs: dict[str, list[MethodRun]],
         for name, method_runs in runs.items():
             summary = _summary([method_runs[i] for i in keep], ref, None)
             del summary["pass_at_1"]
-            if ref is not None and (ar_seconds := sum(r.seconds for r in ref)) and summary["seconds"]:
-                ar_rate = sum(r.new_tokens for r in ref) / ar_seconds
-                summary["speedup_over_ar"] = round(summary["tokens_per_second"] / ar_rate, 3) if ar_rate else None
             table[language][name] = summary
+        if "ar" in runs:
+            for name in runs:
+                _add_speedups(table[language][name], table[language]["ar"])
     return table
 
 
+def _add_speedups(summary: dict[str, Any], ar: dict[str, Any]) -> None:
+    """Speed relative to ``ar``: end to end, and after the first token (the prefill, which
+    every method does alike, left out: what speculation itself changes)."""
+    for key, rate in (("speedup_over_ar", "tokens_per_second"), ("decode_speedup_over_ar", "decode_tokens_per_second")):
+        summary[key] = round(summary[rate] / ar[rate], 3) if summary.get(rate) and ar.get(rate) else None
+
+
 def _table(report: dict[str, Any]) -> str:
-    head = f"{'method':<16}{'tokens':>8}{'seconds':>10}{'tok/s':>9}{'passes':>8}{'tok/pass':>10}{'same':>7}{'pass@1':>8}{'speedup':>9}"
+    head = (f"{'method':<16}{'tokens':>8}{'seconds':>10}{'tok/s':>9}{'passes':>8}{'tok/pass':>10}{'same':>7}{'pass@1':>8}"
+            f"{'speedup':>9}{'decode':>8}")
     lines = [f"{report['model']} on {report['device']} ({report['dtype']}), {report['tasks']} tasks, stop={report['stop']}", head]
     for name, m in report["methods"].items():
         same = "-" if m["identical_to_ar"] is None else f"{m['identical_to_ar']:.2f}"
         p1 = "-" if m["pass_at_1"] is None else f"{m['pass_at_1']:.2f}"
-        speedup = f"{m['speedup_over_ar']:.2f}x" if "speedup_over_ar" in m else "-"
+        speedup = f"{m['speedup_over_ar']:.2f}x" if m.get("speedup_over_ar") else "-"
+        decode = f"{m['decode_speedup_over_ar']:.2f}x" if m.get("decode_speedup_over_ar") else "-"
         lines.append(f"{name:<16}{m['new_tokens']:>8}{m['seconds']:>10.1f}{m['tokens_per_second']:>9.2f}"
-                     f"{m['forward_passes']:>8}{m['mean_accepted_per_pass']:>10.2f}{same:>7}{p1:>8}{speedup:>9}")
+                     f"{m['forward_passes']:>8}{m['mean_accepted_per_pass']:>10.2f}{same:>7}{p1:>8}{speedup:>9}{decode:>8}")
     return "\n".join(lines)
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from lsp_server.datastore.types import Candidate
 from lsp_server.engine.speculation.budget import VerifyCostModel, best_prefix
+from lsp_server.engine.speculation.draft_tree import Draft, build_tree
+from lsp_server.engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
 from lsp_server.engine.speculation.preference_cache import PreferenceCache
 from lsp_server.engine.speculation.token_recycling import TokenRecycler
+from lsp_server.engine.speculation.verify import Verified
 
 
 def test_preference_cache_prefers_the_longest_matching_context():
@@ -26,7 +30,7 @@ def test_preference_cache_is_bounded_and_persists(tmp_path):
     cache.save(path)
     again = PreferenceCache(max_keys=50)
     again.load(path)
-    assert again.drafts([96, 97]) == cache.drafts([96, 97]) == [((98, 99), 1.0, "cache")]
+    assert again.drafts([96, 97]) == cache.drafts([96, 97]) == [Draft((98, 99), 1.0, "cache", 2)]
     path.write_text("{not json")
     broken = PreferenceCache()
     broken.load(path)
@@ -43,8 +47,8 @@ def test_token_recycler_grows_chains_from_remembered_top_k():
     logits[2, 7] = 3.0                       # after token 6: 7
     recycler.observe([1, 4, 6], logits)
     drafts = recycler.drafts([0, 1])
-    assert drafts[0] == ((4, 6, 7), 1.0, "recycle")
-    assert any(tokens[0] == 5 for tokens, _, _ in drafts)
+    assert drafts[0] == Draft((4, 6, 7), 1.0, "recycle")
+    assert any(draft.tokens[0] == 5 for draft in drafts)
     assert recycler.drafts([]) == [] and recycler.drafts([3]) == []
 
 
@@ -74,3 +78,62 @@ def test_online_cost_learns_the_slope_of_long_contexts():
     assert abs(cost(40) - 0.22) < 1e-6
     probabilities = [0.5, 0.3, 0.1, 0.05] + [0.02] * 30
     assert best_prefix(probabilities, cost, 64) < best_prefix(probabilities, calibrated, 64)
+
+
+def test_a_confident_draft_reaches_deeper_than_a_doubtful_one():
+    sure = Draft((1, 2, 3, 4, 5, 6), 0.4, "document", 16, continuation=0.95)
+    doubtful = Draft((7, 8, 9, 10, 11, 12), 0.4, "general", 2, continuation=0.4)
+    tree = build_tree([sure, doubtful], max_nodes=7)
+    assert [tree.tokens[i] for i in range(len(tree)) if "document" in tree.sources[i]] == [1, 2, 3, 4, 5, 6]
+    assert [tree.tokens[i] for i in range(len(tree)) if "general" in tree.sources[i]] == [7]
+    agreed = build_tree([Draft((1, 2), 0.7, "a"), Draft((1, 3), 0.6, "b")], max_nodes=3)
+    assert agreed.probabilities[0] == 1.0  # two sources agree on the first token: mass adds up, capped
+
+
+class _KnownSource:
+    """Two candidates per context: a long match that is the truth, a short match that is not."""
+
+    name = "repo"
+
+    def __init__(self, truth: list[int]) -> None:
+        self.truth = truth
+
+    def retrieve(self, context, span=16, max_candidates=64):
+        ahead = self.truth[len(context) : len(context) + 8]
+        wrong = tuple(t + 1000 for t in ahead)
+        return [Candidate(tuple(ahead), 1.0, "repo", 12), Candidate(wrong, 3.0, "repo", 2)] if ahead else []
+
+
+def _verify_against(truth: list[int], context: list[int], tree) -> Verified:
+    """What greedy verification would accept if the model's output were ``truth``."""
+    node, path, accepted = -1, [], []
+    position = len(context)
+    while position < len(truth):
+        accepted.append(truth[position])
+        child = next((i for i, (p, t) in enumerate(zip(tree.parents, tree.tokens))
+                      if p == node and t == truth[position]), None)
+        if child is None:
+            break
+        path.append(child)
+        node, position = child, position + 1
+    return Verified(accepted, torch.zeros(len(accepted), 1), path, torch.zeros(len(accepted), 1))
+
+
+def test_drafter_learns_rates_per_source_and_match_length():
+    truth = list(range(100, 400))
+    drafter = SpeculativeDrafter(None, DrafterConfig(max_nodes=12, use_cache=False, use_recycling=False),
+                                 retrieval=[_KnownSource(truth)])
+    prompt = truth[:20]
+    drafter.begin(prompt)
+    context = list(prompt)
+    while len(context) < 260:
+        tree = drafter.draft(context)
+        verified = _verify_against(truth, context, tree)
+        drafter.observe(context, tree, verified, 0.05)
+        context += verified.accepted
+    rates = drafter.stats.as_json()["rates_by_match_length"]
+    assert rates["repo/16"]["first_token"] > 0.9 and rates["repo/16"]["continuation"] > 0.9
+    assert rates["repo/2"]["first_token"] < 0.1
+    # Once learned, the tree follows the reliable long match deep and nearly ignores the other.
+    tree = drafter.draft(context)
+    assert tree.tokens[:8] == truth[len(context) : len(context) + 8]

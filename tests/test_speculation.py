@@ -13,7 +13,7 @@ from transformers import DynamicCache
 from conftest import assert_same_cache
 from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.prompt import PromptBuilder
-from lsp_server.engine.speculation.draft_tree import DraftTree, build_tree
+from lsp_server.engine.speculation.draft_tree import Draft, DraftTree, build_tree
 from lsp_server.engine.speculation.verify import tree_attention_mask, tree_position_ids
 
 
@@ -40,10 +40,10 @@ class ScriptedDrafter:
         truth = self.reference[len(tokens) :]
         noise = [self.random.randrange(self.vocab) for _ in range(6)]
         drafts = {
-            "right": [(truth[:6], 3.0, "truth")],
-            "wrong": [(noise, 1.0, "noise")],
-            "partly": [(truth[:2] + noise[:4], 2.0, "truth"), (noise[::-1], 1.0, "noise")],
-            "long": [(truth + noise * 10, 1.0, "truth")],
+            "right": [Draft(tuple(truth[:6]), 3.0, "truth")],
+            "wrong": [Draft(tuple(noise), 1.0, "noise")],
+            "partly": [Draft(tuple(truth[:2] + noise[:4]), 2.0, "truth"), Draft(tuple(noise[::-1]), 1.0, "noise")],
+            "long": [Draft(tuple(truth + noise * 10), 1.0, "truth")],
             "empty": [],
         }[self.mode]
         return build_tree(drafts, max_nodes=12)
@@ -72,7 +72,8 @@ def test_hand_built_tree_mask_and_positions():
 
 
 def test_build_tree_keeps_the_most_probable_nodes_parents_first():
-    drafts = [([1, 2, 3], 0.5, "a"), ([1, 2, 4], 0.1, "b"), ([7], 0.2, "c"), ([1, 9, 9, 9], 0.05, "a")]
+    drafts = [Draft((1, 2, 3), 0.5, "a"), Draft((1, 2, 4), 0.1, "b"), Draft((7,), 0.2, "c"),
+              Draft((1, 9, 9, 9), 0.05, "a")]
     tree = build_tree(drafts, max_nodes=4)
     assert len(tree) == 4
     for index, parent in enumerate(tree.parents):

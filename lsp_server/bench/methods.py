@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StopStringCriteria, StoppingCriteria, StoppingCriteriaList
 
 from ..engine.completer import build_drafter
 from ..engine.decoding import Decoder
@@ -128,6 +128,9 @@ class GenerateMethod:
         self.stop_ids = stop_ids
         self.prompt_lookup = prompt_lookup
         self.use_stop_strings = use_stop_strings
+        # Built once per language, as a server would: building one scans the whole
+        # vocabulary (about 2 s here), which ``generate(stop_strings=...)`` redoes per call.
+        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
             language: str = "python") -> MethodRun:
@@ -141,8 +144,12 @@ class GenerateMethod:
         kwargs: dict[str, Any] = {}
         if self.prompt_lookup:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup
+        stopping = [criteria] if criteria else []
         if strings:
-            kwargs.update(stop_strings=strings, tokenizer=tokenizer)
+            key = tuple(strings)
+            if key not in self._stop_criteria:
+                self._stop_criteria[key] = StopStringCriteria(tokenizer, strings)
+            stopping.append(self._stop_criteria[key])
         counter = _PassCounter(self.loaded.model.get_decoder())
         started = time.perf_counter()
         try:
@@ -151,7 +158,7 @@ class GenerateMethod:
                     ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                     temperature=None, top_p=None, top_k=None,
                     eos_token_id=sorted(self.stop_ids), pad_token_id=tokenizer.pad_token_id or sorted(self.stop_ids)[0],
-                    stopping_criteria=StoppingCriteriaList([criteria] if criteria else []), **kwargs,
+                    stopping_criteria=StoppingCriteriaList(stopping), **kwargs,
                 )
         finally:
             counter.close()

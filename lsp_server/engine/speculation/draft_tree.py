@@ -3,24 +3,40 @@
 Drafts (token sequences that might come next) are merged into a trie; every trie node
 gets an estimated probability that the model accepts it, and the best ``n`` nodes are
 flattened into arrays: token, parent index and depth per node.  Because a node's
-probability never exceeds its parent's (it is the parent's times a fraction), the top
-``n`` by probability always form a tree: every chosen node's parent is chosen too.
+probability never exceeds its parent's (its drafts are a subset of the parent's, each
+worth less one token deeper), the top ``n`` by probability always form a tree: every
+chosen node's parent is chosen too.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+
+
+class Draft(NamedTuple):
+    """One guess of the tokens that come next, from one source."""
+
+    tokens: tuple[int, ...]
+    weight: float
+    """A source's raw weight (e.g. a count); after calibration, the probability that the
+    model's next token is this draft's first."""
+    source: str
+    match: int = 0
+    """How many trailing context tokens the source matched (0: not a suffix match)."""
+    continuation: float = 0.8
+    """The chance that each further token is right, given the ones before it were."""
 
 
 @dataclass
 class _TrieNode:
     token: int
-    weight: float = 0.0
+    mass: float = 0.0
     sources: set[str] = field(default_factory=set)
     children: dict[int, "_TrieNode"] = field(default_factory=dict)
 
@@ -68,29 +84,29 @@ class DraftTree:
         return mask
 
 
-def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: int, continuation: float = 0.8) -> DraftTree:
-    """Merge weighted drafts into a trie and keep the ``max_nodes`` most probable nodes.
+def build_tree(drafts: Iterable[Draft], max_nodes: int) -> DraftTree:
+    """Merge calibrated drafts into a trie and keep the ``max_nodes`` most probable nodes.
 
-    Draft weights are probability masses for their first token (a source's confidence
-    spread over its drafts); a first-level node's probability is the mass through it,
-    capped at 1.  Deeper, a node's probability is its parent's, times the share of the
-    parent's mass that goes on to it, times ``continuation`` (the observed chance that
-    a draft stays right one more token).  So guesses that few drafts agree on rank low,
-    and a child never outranks its parent.  Nodes come out parents-first.
+    A draft puts ``weight`` on its first token and ``weight * continuation ** d`` on its
+    token ``d`` deeper: how likely the model is to follow it that far.  A node's
+    probability is the mass of all drafts through it, capped at 1, so a guess that several
+    drafts agree on ranks high, a long match's draft reaches deep, and a child never
+    outranks its parent.  Nodes come out parents-first.
     """
     root = _TrieNode(token=-1)
-    for tokens, weight, source in drafts:
-        node = root
-        for token in tokens:
+    for draft in drafts:
+        node, mass = root, draft.weight
+        for token in draft.tokens:
             node = node.children.setdefault(token, _TrieNode(token))
-            node.weight += weight
-            node.sources.add(source)
+            node.mass += mass
+            node.sources.add(draft.source)
+            mass *= draft.continuation
     if max_nodes <= 0 or not root.children:
         return DraftTree.empty()
     order = itertools.count()
     heap: list[tuple[float, int, _TrieNode, int, int]] = []
     for child in root.children.values():
-        heapq.heappush(heap, (-min(1.0, child.weight), next(order), child, -1, 1))
+        heapq.heappush(heap, (-min(1.0, child.mass), next(order), child, -1, 1))
     tree = DraftTree([], [], [], [], [])
     while heap and len(tree.tokens) < max_nodes:
         negative_p, _, node, parent, depth = heapq.heappop(heap)
@@ -101,6 +117,5 @@ def build_tree(drafts: Iterable[tuple[Sequence[int], float, str]], max_nodes: in
         tree.probabilities.append(-negative_p)
         tree.sources.append(frozenset(node.sources))
         for child in node.children.values():
-            p = -negative_p * continuation * child.weight / node.weight
-            heapq.heappush(heap, (-p, next(order), child, index, depth + 1))
+            heapq.heappush(heap, (-min(1.0, child.mass), next(order), child, index, depth + 1))
     return tree

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from .draft_tree import Draft
 
-Draft = tuple[tuple[int, ...], float, str]
+log = logging.getLogger(__name__)
 
 
 class PreferenceCache:
@@ -62,7 +62,7 @@ class PreferenceCache:
             entry = self._table.get(tuple(context[-k:]))
             if entry:
                 self._table.move_to_end(tuple(context[-k:]))
-                return [(tokens, weight * k, self.name) for tokens, weight in entry.items()]
+                return [Draft(tokens, weight * k, self.name, k) for tokens, weight in entry.items()]
         return []
 
     def save(self, path: Path) -> None:

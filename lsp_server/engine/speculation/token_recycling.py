@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-Draft = tuple[tuple[int, ...], float, str]
+from .draft_tree import Draft
 
 
 class TokenRecycler:
@@ -45,7 +45,7 @@ class TokenRecycler:
             successors = self._next.get(prefix[-1] if prefix else context[-1])
             if depth >= self.depth or not successors:
                 if prefix:
-                    drafts.append((prefix, weight, self.name))
+                    drafts.append(Draft(prefix, weight, self.name))
                 return
             for rank, token in enumerate(successors[: self.breadth[min(depth, len(self.breadth) - 1)]]):
                 grow(prefix + (token,), weight / (rank + 1))

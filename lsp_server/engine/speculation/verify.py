@@ -7,8 +7,9 @@ depth, so every node's hidden state is exactly what sequential decoding of its p
 would produce.  Greedy acceptance then walks from the root: the model's argmax at the
 current node is accepted, and if a child carries that token the walk moves there.  The
 output is therefore the greedy output, token for token; the tree only decides how many
-tokens one pass yields.  Logits are computed lazily along the accepted path, not for
-every node: the LM head is the widest matrix of a small model.
+tokens one pass yields.  Logits are computed for the root and the most probable chain in
+one product, and for other nodes only if the accepted path reaches them: the LM head is
+the widest matrix of a small model.
 """
 
 from __future__ import annotations
@@ -89,9 +90,11 @@ class TreeVerifier:
         children: dict[int, dict[int, int]] = {}
         for index, parent in enumerate(tree.parents):
             children.setdefault(parent, {})[tree.tokens[index]] = index
+        logits_of = self._likely_path_logits(states, tree, children)
         node, rows, accepted, path, logits = -1, [0], [], [], []
         while True:
-            logits.append(self.head(states[rows[-1]]))
+            row = rows[-1]
+            logits.append(logits_of[row] if row in logits_of else self.head(states[row]))
             token = int(logits[-1].argmax(-1))
             accepted.append(token)
             child = children.get(node, {}).get(token)
@@ -102,3 +105,18 @@ class TreeVerifier:
             node = child
         keep_cache_positions(cache, past + len(pending), path)
         return Verified(accepted, states[rows], path, torch.stack(logits))
+
+    def _likely_path_logits(self, states: torch.Tensor, tree: DraftTree,
+                            children: dict[int, dict[int, int]]) -> dict[int, torch.Tensor]:
+        """Logits of the root and of the tree's most probable chain, in one matrix product.
+
+        The LM head is memory-bound for a few rows: one product over the likely path costs
+        about what one row does, where a call per accepted token would read the whole
+        vocabulary matrix each time (~10 ms per call for a 0.5B model on this CPU).  Rows off
+        that chain are computed on demand if the walk leaves it.
+        """
+        rows, node = [0], -1
+        while children.get(node):
+            node = max(children[node].values(), key=lambda child: tree.probabilities[child])
+            rows.append(node + 1)
+        return dict(zip(rows, self.head(states[rows])))

@@ -42,7 +42,7 @@ def build_drafter(
     cost = None
     if config.fixed_nodes is None:
         vocab = loaded.model.get_output_embeddings().weight.shape[0]
-        cost = cost_model_for(decoder.verify, loaded.name, vocab)
+        cost = cost_model_for(decoder.verify, loaded.name, vocab, loaded.model.config._attn_implementation)
     drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split)
     drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
     return drafter

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..paths import cache_root
-from . import default_model
+from . import attention, default_model
 from .device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def load(
             dtype=torch_dtype,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **({"attn_implementation": attention.register()} if torch_device.type == "cpu" else {}),
         )
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc

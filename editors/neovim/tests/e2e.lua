@@ -197,11 +197,12 @@ function scenarios.complete()
   wait_for('Normal mode', function()
     return vim.api.nvim_get_mode().mode == 'n'
   end)
-  feed('o')
-  wait_for('Insert mode on a new line', function()
-    return vim.api.nvim_get_mode().mode == 'i' and current_line() == ''
+  -- Indented, so that the stop rule cannot end the (random) text at once as a dedent.
+  feed('o    ')
+  wait_for('Insert mode on a new indented line', function()
+    return vim.api.nvim_get_mode().mode == 'i' and current_line() == '    '
   end)
-  sg.dismiss() -- the InsertEnter request
+  sg.dismiss() -- the InsertEnter and typing requests
   check(sg.trigger(), 'trigger() sent nothing')
   wait_for('a triggered suggestion', sg.get_suggestion)
   feed('<Esc>')
@@ -253,8 +254,8 @@ function scenarios.complete()
   step('multi-line rendering')
 
   -- popup = true: the server's textDocument/completion fallback in the completion menu.
-  vim.api.nvim_set_current_line('')
-  vim.api.nvim_win_set_cursor(0, { row + 1, 0 })
+  vim.api.nvim_set_current_line('    ') -- indented: see the triggered suggestion above
+  vim.api.nvim_win_set_cursor(0, { row + 1, 4 })
   sleep(200) -- the edit's TextChangedI schedules a ghost request: the menu must win over it
   feed('<Cmd>lua vim.lsp.completion.get()<CR>') -- as a key map would call it
   local items = wait_for('the completion menu', function()

@@ -42,3 +42,7 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     assert per_language["javascript"]["swift"]["new_tokens"] == 12
     assert report["methods"]["ar-stopstrings"]["new_tokens"] <= 36
     assert report["details"]["time_vs_ar_stopstrings"]["ar-stopstrings"] == 1.0
+    swift = report["methods"]["swift"]
+    assert 0 < swift["first_token_seconds"] < swift["seconds"] and swift["decode_speedup_over_ar"] > 0
+    assert report["methods"]["ar"]["decode_speedup_over_ar"] == 1.0
+    assert "rates_by_match_length" in report["details"]["swift"]["drafter"]

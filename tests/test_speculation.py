@@ -15,6 +15,7 @@ from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.speculation.draft_tree import Draft, DraftTree, build_tree
 from lsp_server.engine.speculation.verify import tree_attention_mask, tree_position_ids
+from lsp_server.stop_rule import StopDecision
 
 
 def _decoder(loaded, reuse_kv=False) -> Decoder:
@@ -147,3 +148,28 @@ def test_cancel_mid_speculation(tiny_loaded):
                                          drafter=ScriptedDrafter(prompt + plain.token_ids, "right", 500))
     assert out.stop_reason == "cancelled" and out.forward_passes == 2
     assert out.token_ids == plain.token_ids[: len(out.token_ids)]
+
+
+def test_a_stop_inside_a_speculative_pass_ends_at_the_same_token_as_plain_decoding(tiny_loaded):
+    """Right drafts accept many tokens per pass; a rule that stops at the 7th token must
+    still see the tokens one by one, with their own hidden states, and cut there."""
+
+    class StopAtSeventh:
+        def __init__(self):
+            self.seen = []
+
+        def step(self, text, accepted, hidden):
+            self.seen.append((list(accepted), hidden.clone()))
+            return StopDecision(keep_chars=len(text), reason="test") if len(self.seen) == 7 else None
+
+    prompt = _prompt(tiny_loaded, "total = 0\nfor item in items:\n    ")
+    plain_rule, fast_rule = StopAtSeventh(), StopAtSeventh()
+    plain = _decoder(tiny_loaded).generate(prompt, 24, plain_rule)
+    reference = _decoder(tiny_loaded).generate(prompt, 24)
+    drafter = ScriptedDrafter(prompt + reference.token_ids, "right", tiny_loaded.model.config.vocab_size)
+    fast = _decoder(tiny_loaded).generate(prompt, 24, fast_rule, drafter=drafter)
+    assert max(fast.accepted_per_pass) > 1
+    assert fast.token_ids == plain.token_ids == reference.token_ids[:7] and fast.text == plain.text
+    assert [tokens for tokens, _ in fast_rule.seen] == [tokens for tokens, _ in plain_rule.seen]
+    for (_, ours), (_, theirs) in zip(fast_rule.seen, plain_rule.seen):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)

@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from .kv_reuse import PrefixKVCache
 from .speculation.draft_tree import DraftTree
 from .speculation.verify import TreeVerifier, Verified
-from ..stop_rule import StopRule
+from ..stop_rule import StopDecision, StopRule
 
 
 class Drafter(Protocol):
@@ -81,6 +81,18 @@ class Decoder:
         input_ids = torch.tensor([list(ids)], device=self.model.device)
         return self.verify.body(input_ids=input_ids, past_key_values=cache, use_cache=True).last_hidden_state[0]
 
+    def _judge(self, rule: StopRule, generated: list[int], accepted: list[int],
+               hidden: torch.Tensor) -> tuple[list[int], StopDecision | None]:
+        """Append ``accepted`` to ``generated`` one token at a time, asking the rule after
+        each: a stop then ends the completion at the same token as plain decoding would,
+        not at the end of a speculative pass.  Returns the tokens kept and the decision."""
+        for j, token in enumerate(accepted):
+            generated.append(token)
+            decision = rule.step(self.tokenizer.decode(generated), [token], hidden[j : j + 1])
+            if decision is not None:
+                return accepted[: j + 1], decision
+        return accepted, None
+
     def generate(
         self,
         prompt: Sequence[int],
@@ -120,14 +132,15 @@ class Decoder:
             ends = [i for i, token in enumerate(accepted) if token in self.stop_ids]
             if ends:
                 accepted, reason = accepted[: ends[0]], "end-of-text"
-            per_pass.append(len(accepted))
-            if accepted:
+            if stop_rule is None:
                 generated.extend(accepted)
+            else:
+                accepted, decision = self._judge(stop_rule, generated, accepted, verified.hidden)
+                if decision is not None:
+                    keep_chars, reason = decision.keep_chars, decision.reason
+            if accepted:
                 text = self.tokenizer.decode(generated)
-                if stop_rule is not None:
-                    decision = stop_rule.step(text, accepted, verified.hidden[: len(accepted)])
-                    if decision is not None:
-                        keep_chars, reason = decision.keep_chars, decision.reason
+            per_pass.append(len(accepted))
             pending = [verified.accepted[-1]] if len(accepted) == len(verified.accepted) else []
             if not pending:
                 break  # stopped inside this pass's tokens: nothing more to feed

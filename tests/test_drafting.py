@@ -80,6 +80,20 @@ def test_online_cost_learns_the_slope_of_long_contexts():
     assert best_prefix(probabilities, cost, 64) < best_prefix(probabilities, calibrated, 64)
 
 
+def test_online_cost_keeps_the_step_between_plain_and_tree_passes():
+    from lsp_server.engine.speculation.budget import OnlineCost
+
+    # fp32 here: a plain pass 110 ms, any tree pass ~286 ms: a line through both would say 2 nodes cost ~150 ms.
+    calibrated = VerifyCostModel([0, 2, 16, 64], [0.11, 0.286, 0.29, 0.48])
+    cost = OnlineCost(calibrated)
+    for _ in range(10):
+        cost.observe(0, 0.12)
+        cost.observe(6, 0.30)
+    assert abs(cost(0) - 0.12) < 1e-9 and cost(2) > 0.28
+    assert best_prefix([0.5, 0.4, 0.3], cost, 64) == 0  # 2.2 expected tokens do not pay for 2.5x the time
+    assert best_prefix([0.95] + [0.9] * 8, cost, 64) > 0
+
+
 def test_a_confident_draft_reaches_deeper_than_a_doubtful_one():
     sure = Draft((1, 2, 3, 4, 5, 6), 0.4, "document", 16, continuation=0.95)
     doubtful = Draft((7, 8, 9, 10, 11, 12), 0.4, "general", 2, continuation=0.4)

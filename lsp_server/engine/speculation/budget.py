@@ -75,39 +75,47 @@ class OnlineCost:
     """The calibrated curve, corrected by the passes actually observed.
 
     Calibration runs at a fixed context length; real prompts are often longer, and every
-    extra tree node then costs more attention.  Recent (tree size, seconds) pairs are fit
-    by decayed least squares to ``a + b * n``; once the fit has seen varied sizes it
-    replaces the calibrated curve, whose shape alone decides the tree size.
+    extra tree node then costs more attention.  A pass without a tree is also a different
+    computation from any tree pass (one token, no mask: the cheapest kernels), so the cost
+    has a step between 0 and 1 node that a single line would smooth away, making small
+    trees look cheap.  So plain passes and tree passes are tracked apart: plain passes by
+    a decayed mean, tree passes by decayed least squares ``a + b * n`` once their sizes
+    vary enough, else by the calibrated curve shifted through their mean.
     """
 
     def __init__(self, calibrated: VerifyCostModel, decay: float = 0.97, min_weight: float = 8.0) -> None:
         self.calibrated = calibrated
         self.decay = decay
         self.min_weight = min_weight
-        self._sums = [0.0] * 5  # weight, Σn, Σt, Σn², Σnt
+        self._plain = [0.0, 0.0]  # weight, Σt
+        self._sums = [0.0] * 5  # tree passes: weight, Σn, Σt, Σn², Σnt
 
     def observe(self, nodes: int, seconds: float) -> None:
+        if nodes == 0:
+            w, st = (value * self.decay for value in self._plain)
+            self._plain = [w + 1, st + seconds]
+            return
         w, sn, st, snn, snt = (value * self.decay for value in self._sums)
         self._sums = [w + 1, sn + nodes, st + seconds, snn + nodes * nodes, snt + nodes * seconds]
 
-    def _fit(self) -> tuple[float, float] | None:
+    def _tree_cost(self, nodes: int) -> float:
         w, sn, st, snn, snt = self._sums
         if w < self.min_weight:
-            return None
-        variance = snn / w - (sn / w) ** 2
-        if variance < 4.0:  # sizes too alike to tell the slope
-            return None
-        slope = (snt / w - (sn / w) * (st / w)) / variance
-        intercept = st / w - slope * sn / w
-        if slope <= 0 or intercept <= 0:
-            return None
-        return intercept, slope
+            return self.calibrated(nodes)
+        mean_n, mean_t = sn / w, st / w
+        variance = snn / w - mean_n**2
+        if variance >= 4.0:  # sizes varied enough to tell the slope
+            slope = (snt / w - mean_n * mean_t) / variance
+            intercept = mean_t - slope * mean_n
+            if slope > 0 and intercept > 0:
+                return intercept + slope * nodes
+        return self.calibrated(nodes) + mean_t - self.calibrated(round(mean_n))
 
     def __call__(self, nodes: int) -> float:
-        fit = self._fit()
-        if fit is None:
-            return self.calibrated(nodes)
-        return fit[0] + fit[1] * nodes
+        if nodes > 0:
+            return self._tree_cost(nodes)
+        w, st = self._plain
+        return st / w if w >= self.min_weight / 2 else self.calibrated(0)
 
 
 def best_prefix(probabilities: Sequence[float], cost: Callable[[int], float], limit: int) -> int:

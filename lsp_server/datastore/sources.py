@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .index import MAX_K, MAX_SPAN, MIN_K, SEP, Match, TokenIndex, lookup
+from .index import MAX_K, MAX_SPAN, MIN_K, SEP, Match, TokenIndex
 from .types import Candidate, DraftSource
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from typing import Any
 from tree_sitter import Node, Parser
 
 from ..stop_rule import StopDecision
-from .functions import walk
 from .languages import LANGUAGES, parser
 
 _OPEN = frozenset({"{", "(", "[", "${", "#{"})

@@ -173,3 +173,18 @@ def test_a_stop_inside_a_speculative_pass_ends_at_the_same_token_as_plain_decodi
     assert [tokens for tokens, _ in fast_rule.seen] == [tokens for tokens, _ in plain_rule.seen]
     for (_, ours), (_, theirs) in zip(fast_rule.seen, plain_rule.seen):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_keep_cache_positions_moves_the_accepted_path_down():
+    from lsp_server.engine.speculation.verify import keep_cache_positions
+
+    cache = DynamicCache()
+    keys = torch.arange(2 * 10 * 3, dtype=torch.float32).reshape(1, 2, 10, 3)
+    cache.update(keys.clone(), -keys.clone(), 0)
+    keep_cache_positions(cache, start=6, offsets=[1, 3])  # tree nodes at positions 6..9: keep 7 and 9
+    layer = cache.layers[0]
+    expected = torch.cat([keys[:, :, :6], keys[:, :, [7, 9]]], dim=2)
+    torch.testing.assert_close(layer.keys, expected)
+    torch.testing.assert_close(layer.values, -expected)
+    keep_cache_positions(cache, start=7, offsets=[0])  # a prefix: just cut
+    assert cache.get_seq_length() == 8

@@ -11,7 +11,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from lsp_server.engine.attention import grouped_sdpa_attention
 
 
-@pytest.mark.parametrize("tokens,masked", [(1, False), (1, True), (7, True), (70, False)])
+@pytest.mark.parametrize("tokens,masked", [(1, False), (1, True), (7, True)])
 def test_grouped_attention_equals_stock_sdpa(tokens, masked):
     torch.manual_seed(tokens)
     module = types.SimpleNamespace(num_key_value_groups=3, is_causal=True)

@@ -46,9 +46,8 @@ def grouped_sdpa_attention(
                                       **kwargs)
     # Query head h uses key/value head h // groups: its rows go under that head.
     grouped = query.reshape(batch, heads // groups, groups * tokens, dim)
-    mask = attention_mask
-    if mask is not None:
-        mask = mask[:, :, -tokens:, :].repeat(1, 1, groups, 1)
+    # Row g * tokens + i of a head's grouped query is token i: repeat the mask's rows alike.
+    mask = attention_mask.repeat(1, 1, groups, 1) if attention_mask is not None else None
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, tokens, dim).transpose(1, 2).contiguous(), None
 

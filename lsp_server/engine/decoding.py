@@ -82,16 +82,19 @@ class Decoder:
         return self.verify.body(input_ids=input_ids, past_key_values=cache, use_cache=True).last_hidden_state[0]
 
     def _judge(self, rule: StopRule, generated: list[int], accepted: list[int],
-               hidden: torch.Tensor) -> tuple[list[int], StopDecision | None]:
+               hidden: torch.Tensor) -> tuple[list[int], str, StopDecision | None]:
         """Append ``accepted`` to ``generated`` one token at a time, asking the rule after
         each: a stop then ends the completion at the same token as plain decoding would,
-        not at the end of a speculative pass.  Returns the tokens kept and the decision."""
+        not at the end of a speculative pass.  Returns the tokens kept, the text so far
+        and the decision."""
+        text = ""
         for j, token in enumerate(accepted):
             generated.append(token)
-            decision = rule.step(self.tokenizer.decode(generated), [token], hidden[j : j + 1])
+            text = self.tokenizer.decode(generated)
+            decision = rule.step(text, [token], hidden[j : j + 1])
             if decision is not None:
-                return accepted[: j + 1], decision
-        return accepted, None
+                return accepted[: j + 1], text, decision
+        return accepted, text, None
 
     def generate(
         self,
@@ -132,13 +135,12 @@ class Decoder:
             ends = [i for i, token in enumerate(accepted) if token in self.stop_ids]
             if ends:
                 accepted, reason = accepted[: ends[0]], "end-of-text"
-            if stop_rule is None:
-                generated.extend(accepted)
-            else:
-                accepted, decision = self._judge(stop_rule, generated, accepted, verified.hidden)
+            if accepted and stop_rule is not None:
+                accepted, text, decision = self._judge(stop_rule, generated, accepted, verified.hidden)
                 if decision is not None:
                     keep_chars, reason = decision.keep_chars, decision.reason
-            if accepted:
+            elif accepted:
+                generated.extend(accepted)
                 text = self.tokenizer.decode(generated)
             per_pass.append(len(accepted))
             pending = [verified.accepted[-1]] if len(accepted) == len(verified.accepted) else []

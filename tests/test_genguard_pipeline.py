@@ -1,6 +1,7 @@
 """build-data -> train -> eval on the tiny model and a few functions, end to end through the CLI."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -80,9 +81,23 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
     result = json.loads(eval_report.read_text())["eval"]["heldout_language/teacher"]
     assert result["languages"] == ["go"]
     rule = result["rule"]
-    assert rule["samples"] == rule["early"] + rule["stopped"] + rule["missed"] + (rule["samples"] - rule["early"]
-                                                                                 - rule["stopped"] - rule["missed"])
+    assert rule["samples"] == rule["early"] + rule["stopped"] + rule["missed"] + rule["no_excess"]
     assert 0 <= rule["stop_precision"] <= 1 and 0 <= result["tokens"]["recall"] <= 1
+
+
+def test_sites_are_capped_per_repository(tmp_path):
+    from lsp_server.genguard.data import Source, collect_sites
+
+    functions = "".join(f"def f{i}(x):\n    y = x + {i}\n    return y * 2\n\n\n" for i in range(4))
+    for repo in ("big", "small"):
+        for number in range(6 if repo == "big" else 1):
+            (tmp_path / repo).mkdir(exist_ok=True)
+            (tmp_path / repo / f"m{number}.py").write_text(functions)
+    source = Source("python", tmp_path)
+    uncapped, _ = collect_sites(source, 100, seed=0, per_file=2)
+    capped, _ = collect_sites(source, 100, seed=0, per_file=2, per_repo=3)
+    assert Counter(site.repo for site in uncapped) == {"big": 12, "small": 2}
+    assert Counter(site.repo for site in capped) == {"big": 3, "small": 2}
 
 
 def test_humaneval_estimate_replays_every_rule_on_one_run(tmp_path, tiny_model_dir, tiny_loaded):

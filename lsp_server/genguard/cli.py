@@ -26,6 +26,7 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     data.add_argument("--kinds", default="teacher,generated", help="teacher and/or generated")
     data.add_argument("--sites", type=int, default=200, help="functions per source")
     data.add_argument("--per-file", type=int, default=3)
+    data.add_argument("--per-repo", type=int, default=None, help="at most this many functions per repository")
     data.add_argument("--context-tokens", type=int, default=512)
     data.add_argument("--new-tokens", type=int, default=128, help="generation length of generated samples")
     data.add_argument("--after-tokens", type=int, default=96, help="teacher tokens kept after the function's end")
@@ -90,7 +91,8 @@ def _build_data(args: argparse.Namespace) -> int:
     })
     excluded_total = 0
     for source in sources:
-        sites, excluded = collect_sites(source, args.sites, args.seed, args.per_file, exclude=exclude)
+        sites, excluded = collect_sites(source, args.sites, args.seed, args.per_file, exclude=exclude,
+                                      per_repo=args.per_repo)
         excluded_total += excluded
         print(f"{source.language}: {len(sites)} functions from {source.root} ({excluded} HumanEval look-alikes left out)",
               file=sys.stderr)

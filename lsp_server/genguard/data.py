@@ -121,14 +121,21 @@ def humaneval_signatures() -> frozenset[str]:
 
 
 def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_chars: int = 30,
-                  max_chars: int = 1800, exclude: frozenset[str] = frozenset()) -> tuple[list[Site], int]:
-    """Up to ``count`` function sites of ``source``, at most ``per_file`` per file; also the number excluded."""
+                  max_chars: int = 1800, exclude: frozenset[str] = frozenset(),
+                  per_repo: int | None = None) -> tuple[list[Site], int]:
+    """Up to ``count`` function sites of ``source``, at most ``per_file`` per file and ``per_repo``
+    per repository (so that one big repository does not fill the quota and whole-repository
+    held-out splits stay meaningful); also the number excluded as HumanEval look-alikes."""
     rng = random.Random(seed)
     sites: list[Site] = []
+    per_repo_count: Counter[str] = Counter()
     excluded = 0
     for path in source.files():
         if len(sites) >= count:
             break
+        repo = source.repo_of(path)
+        if per_repo is not None and per_repo_count[repo] >= per_repo:
+            continue
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -146,8 +153,10 @@ def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_
                 continue
             functions.append(function)
         rng.shuffle(functions)
-        for function in functions[:per_file]:
-            sites.append(Site(source.language, source.repo_of(path), str(path), text, function, rng.random() < 0.5))
+        take = per_file if per_repo is None else min(per_file, per_repo - per_repo_count[repo])
+        for function in functions[:take]:
+            sites.append(Site(source.language, repo, str(path), text, function, rng.random() < 0.5))
+        per_repo_count[repo] += len(functions[:take])
     return sites[:count], excluded
 
 
@@ -180,9 +189,13 @@ class SampleBuilder:
     """Turns sites into labelled hidden states with one loaded model."""
 
     def __init__(self, loaded: Any, context_tokens: int = 512, after_tokens: int = 96, max_body_tokens: int = 320,
-                 new_tokens: int = 128) -> None:
+                 new_tokens: int = 128, speculate: bool = True) -> None:
+        """``speculate`` decodes generated samples with the engine's drafter: greedy output and the
+        hidden states of accepted tokens are the plain decoder's (up to bf16 near-ties), in fewer passes."""
+        from ..engine.completer import build_drafter
         from ..engine.decoding import Decoder
         from ..engine.prompt import PromptBuilder
+        from ..engine.speculation.drafter import DrafterConfig
 
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -192,12 +205,12 @@ class SampleBuilder:
         self.after_tokens = after_tokens
         self.max_body_tokens = max_body_tokens
         self.new_tokens = new_tokens
+        self.drafter = build_drafter(loaded, self.decoder, self.prompts, DrafterConfig()) if speculate else None
 
-    def _prompt(self, prefix: str) -> tuple[list[int], str]:
-        """Prompt ids (FIM with an empty suffix, as for HumanEval) and the prefix text they hold."""
+    def _prompt(self, prefix: str) -> list[int]:
+        """Prompt ids: FIM with an empty suffix, as for HumanEval."""
         self.prompts._anchor = None  # each site is a new document: no sticky window from the last one
-        prompt = self.prompts.build(prefix, "", self.context_tokens)
-        return prompt.ids, prefix[len(prefix) - prompt.prefix_chars :]
+        return self.prompts.build(prefix, "", self.context_tokens).ids
 
     def teacher(self, site: Site) -> Sample | None:
         from transformers import DynamicCache
@@ -210,7 +223,7 @@ class SampleBuilder:
         if inside < 3 or inside > self.max_body_tokens:
             return None
         ids = encoded["input_ids"][: inside + self.after_tokens]
-        prompt, _ = self._prompt(site.text[:cursor])
+        prompt = self._prompt(site.text[:cursor])
         states = self.decoder.hidden_states(prompt + ids, DynamicCache())
         features = states[len(prompt) - 1 : len(prompt) - 1 + len(ids)].float().cpu().numpy().astype(np.float16)
         labels = np.array([0] * inside + [1] * (len(ids) - inside), dtype=np.uint8)
@@ -218,18 +231,20 @@ class SampleBuilder:
 
     def generated(self, site: Site) -> Sample | None:
         cursor = site.cursor
-        prompt, window = self._prompt(site.text[:cursor])
+        prompt = self._prompt(site.text[:cursor])
         recorder = _Recorder()
-        out = self.decoder.generate(prompt, self.new_tokens, stop_rule=recorder)
+        out = self.decoder.generate(prompt, self.new_tokens, stop_rule=recorder, drafter=self.drafter)
         ids = out.token_ids
         if len(ids) < 2 or not recorder.hidden:
             return None
         features = np.concatenate(recorder.hidden)[: len(ids)]
-        doc = window + out.text
-        end = function_end(doc, len(window), site.language)
+        # Parse the whole file before the cursor, not the prompt's window: a long docstring can
+        # push the ``def`` line out of the window, and then the function is not found at all.
+        doc = site.text[:cursor] + out.text
+        end = function_end(doc, cursor, site.language)
         if end is None:
             return None  # unfinished or unparsable: no trustworthy label
-        cut = line_cut(doc, end) - len(window)
+        cut = line_cut(doc, end) - cursor
         starts = [len(self.tokenizer.decode(ids[:j])) for j in range(len(ids))]
         labels = np.array([1 if start >= cut else 0 for start in starts], dtype=np.uint8)
         if not out.text[cut:].strip():

@@ -184,6 +184,7 @@ def replay(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, 
         "early": early,
         "stopped": stopped,
         "missed": missed,
+        "no_excess": no_excess,
         "tokens_late_mean": float(np.mean(late)) if late else 0.0,
         "tokens_late_median": float(np.median(late)) if late else 0.0,
         "tokens_lost_when_early_mean": float(np.mean(lost)) if lost else 0.0,
@@ -193,10 +194,14 @@ def replay(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, 
 
 def tune_threshold(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, min_new_tokens: int,
                    max_early: float = 0.01) -> tuple[float, list[dict[str, Any]]]:
-    """The threshold with the fewest late tokens among those that cut early in at most ``max_early`` of samples."""
+    """The threshold with the fewest late tokens among those that cut early in at most ``max_early`` of samples.
+
+    The grid is fine near 1: an early cut costs correctness while a late one costs a few
+    tokens, so the useful thresholds tend to be high.
+    """
     probabilities = head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
     grid = []
-    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95):
+    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99):
         result = replay(head, tokenizer, data, samples, threshold, min_new_tokens, probabilities)
         grid.append({"threshold": threshold, **result})
     if not samples.any():
@@ -265,6 +270,10 @@ def run_train(args: argparse.Namespace) -> int:
     meta = data.meta[0]
     hidden_size = int(data.features.shape[1])
     train_kinds = [k for k in args.train_kinds.split(",") if k]
+    # The threshold decides on the model's own generations (what the rule sees at run time) when the
+    # tuning repositories have any; teacher-forced code ends differently from what the model writes.
+    generated_tune = masks["tune"] & (data.kind == "generated")
+    tune_samples = generated_tune if generated_tune.any() else masks["tune"]
     mixes = {"+".join(train_kinds): train_kinds}
     if getattr(args, "compare_mixes", False):
         mixes = {"teacher": ["teacher"], "generated": ["generated"], "teacher+generated": ["teacher", "generated"]}
@@ -280,13 +289,14 @@ def run_train(args: argparse.Namespace) -> int:
         head = train_head(data.features[rows], data.labels[rows], args.width, args.epochs, args.seed)
         fit_seconds = time.perf_counter() - fit_started
         if args.threshold is None:  # tuned on repositories it was not trained on: a head that overfits shows it
-            threshold, grid = tune_threshold(head, tokenizer, data, masks["tune"], args.min_new_tokens, args.max_early)
+            threshold, grid = tune_threshold(head, tokenizer, data, tune_samples, args.min_new_tokens, args.max_early)
         else:
             threshold, grid = args.threshold, []
         results[name] = {
             "train_positions": int(rows.sum()),
             "fit_seconds": round(fit_seconds, 1),
             "threshold": threshold,
+            "threshold_tuned_on": "generated" if generated_tune.any() else "teacher+generated",
             "threshold_grid_on_tune": grid,
             "eval": _evaluate(head, tokenizer, data, {k: v for k, v in masks.items() if k not in ("train", "tune")},
                               threshold, args.min_new_tokens),

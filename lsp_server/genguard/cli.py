@@ -111,7 +111,7 @@ def _humaneval(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine import ModelLoadError, load
-    from . import GenGuardStop, load_head, tokenizer_hash
+    from . import LoadedGuard, load_head, tokenizer_hash
     from .estimate import default_rules, humaneval_estimate
     from .train import emit_report
 
@@ -125,9 +125,8 @@ def _humaneval(args: argparse.Namespace) -> int:
     genguard = None
     if head_path is not None:
         head, info = load_head(head_path, int(loaded.model.config.hidden_size), tokenizer_hash(loaded.tokenizer))
-        threshold = info.threshold if args.threshold is None else args.threshold
-        genguard = lambda: GenGuardStop(head, loaded.tokenizer, threshold, args.min_new_tokens,  # noqa: E731
-                                        language="python")
+        guard = LoadedGuard(head, info, loaded.tokenizer)  # per-language thresholds apply as in the engine
+        genguard = lambda: guard.rule("python", args.threshold, args.min_new_tokens)  # noqa: E731
     report = humaneval_estimate(loaded, default_rules(loaded, genguard), args.humaneval, args.max_new_tokens,
                                 args.seed, lambda msg: print(msg, file=sys.stderr), args.runs_cache)
     return emit_report(report, args.report)

@@ -136,8 +136,11 @@ def token_metrics(head: GuardHead, features: np.ndarray, labels: np.ndarray, thr
 
 
 def replay(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, threshold: float,
-           min_new_tokens: int, probabilities: np.ndarray | None = None) -> dict[str, Any]:
-    """Run the real line-voting rule over each selected sample and compare with the tree-sitter end."""
+           min_new_tokens: int, probabilities: np.ndarray | None = None,
+           per_language: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run the real line-voting rule over each selected sample and compare with the tree-sitter end.
+
+    ``per_language`` thresholds win over ``threshold`` for their languages, as in the engine."""
     if probabilities is None:
         probabilities = head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
     starts = np.searchsorted(data.sample_index, np.arange(data.samples + 1))
@@ -152,7 +155,9 @@ def replay(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, 
         end = int((labels == 0).sum())  # continue tokens come first: the first `end` tokens are the function
         has_excess = bool((labels == 1).any())
         total_tokens += len(ids)
-        rule = GenGuardStop(head, tokenizer, threshold, min_new_tokens, language=str(data.language[sample]))
+        language = str(data.language[sample])
+        rule = GenGuardStop(head, tokenizer, (per_language or {}).get(language, threshold), min_new_tokens,
+                            language=language)
         decision, at = None, len(ids)
         for index, (token, probability) in enumerate(zip(ids, probs)):
             decision = rule.push(int(token), float(probability))
@@ -212,6 +217,24 @@ def tune_threshold(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.n
     return float(best["threshold"]), grid
 
 
+MIN_LANGUAGE_TUNE_SAMPLES = 20
+
+
+def language_thresholds(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, min_new_tokens: int,
+                        max_early: float) -> dict[str, float]:
+    """A threshold per language with at least ``MIN_LANGUAGE_TUNE_SAMPLES`` tuning samples.
+
+    Code ends differently per language (a dedent, a closing brace), and so do the
+    classifier's mistakes; a language with too few samples keeps the global threshold.
+    """
+    thresholds = {}
+    for language in sorted(set(data.language[samples].tolist())):
+        chosen = samples & (data.language == language)
+        if chosen.sum() >= MIN_LANGUAGE_TUNE_SAMPLES:
+            thresholds[language], _grid = tune_threshold(head, tokenizer, data, chosen, min_new_tokens, max_early)
+    return thresholds
+
+
 def _tokenizer(args: argparse.Namespace) -> Any:
     from transformers import AutoTokenizer
 
@@ -222,7 +245,7 @@ def _tokenizer(args: argparse.Namespace) -> Any:
 
 
 def _evaluate(head: GuardHead, tokenizer: Any, data: Dataset, masks: dict[str, np.ndarray], threshold: float,
-              min_new_tokens: int) -> dict[str, Any]:
+              min_new_tokens: int, per_language: dict[str, float]) -> dict[str, Any]:
     report: dict[str, Any] = {}
     probabilities = head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
     for name, mask in masks.items():
@@ -233,7 +256,7 @@ def _evaluate(head: GuardHead, tokenizer: Any, data: Dataset, masks: dict[str, n
             rows = data.rows(chosen) & (data.labels != IGNORE)
             report[f"{name}/{kind}"] = {
                 "tokens": token_metrics(head, data.features[rows], data.labels[rows], threshold),
-                "rule": replay(head, tokenizer, data, chosen, threshold, min_new_tokens, probabilities),
+                "rule": replay(head, tokenizer, data, chosen, threshold, min_new_tokens, probabilities, per_language),
                 "languages": sorted(set(data.language[chosen].tolist())),
             }
     return report
@@ -278,7 +301,7 @@ def run_train(args: argparse.Namespace) -> int:
     if getattr(args, "compare_mixes", False):
         mixes = {"teacher": ["teacher"], "generated": ["generated"], "teacher+generated": ["teacher", "generated"]}
     results: dict[str, Any] = {}
-    chosen_head, chosen_threshold, chosen_name = None, 0.5, ""
+    chosen_head, chosen_threshold, chosen_name, chosen_per_language = None, 0.5, "", {}
     for name, kinds in mixes.items():
         train_samples = masks["train"] & np.isin(data.kind, kinds)
         rows = data.rows(train_samples) & (data.labels != IGNORE)
@@ -290,19 +313,22 @@ def run_train(args: argparse.Namespace) -> int:
         fit_seconds = time.perf_counter() - fit_started
         if args.threshold is None:  # tuned on repositories it was not trained on: a head that overfits shows it
             threshold, grid = tune_threshold(head, tokenizer, data, tune_samples, args.min_new_tokens, args.max_early)
+            per_language = language_thresholds(head, tokenizer, data, tune_samples, args.min_new_tokens,
+                                               args.max_early)
         else:
-            threshold, grid = args.threshold, []
+            threshold, grid, per_language = args.threshold, [], {}
         results[name] = {
             "train_positions": int(rows.sum()),
             "fit_seconds": round(fit_seconds, 1),
             "threshold": threshold,
             "threshold_tuned_on": "generated" if generated_tune.any() else "teacher+generated",
+            "thresholds_per_language": per_language,
             "threshold_grid_on_tune": grid,
             "eval": _evaluate(head, tokenizer, data, {k: v for k, v in masks.items() if k not in ("train", "tune")},
-                              threshold, args.min_new_tokens),
+                              threshold, args.min_new_tokens, per_language),
         }
         if name == "+".join(train_kinds) or chosen_head is None:
-            chosen_head, chosen_threshold, chosen_name = head, threshold, name
+            chosen_head, chosen_threshold, chosen_name, chosen_per_language = head, threshold, name, per_language
     if chosen_head is None:
         print("error: nothing to train on", file=sys.stderr)
         return 1
@@ -311,7 +337,7 @@ def run_train(args: argparse.Namespace) -> int:
         base_model=str(meta["base_model"]), hidden_size=hidden_size, tokenizer_hash=str(meta["tokenizer_hash"]),
         threshold=chosen_threshold,
         training={
-            "mix": chosen_name, "width": args.width, "epochs": args.epochs, "min_new_tokens": args.min_new_tokens,
+            "mix": chosen_name, "thresholds": chosen_per_language, "width": args.width, "epochs": args.epochs, "min_new_tokens": args.min_new_tokens,
             "holdout_languages": sorted(args.holdout_language), "holdout_fraction": args.holdout_fraction,
             "tune_fraction": args.tune_fraction,
             "sources": sorted({s for m in data.meta for s in m.get("sources", [])}),
@@ -346,8 +372,10 @@ def run_eval(args: argparse.Namespace) -> int:
                   float(info.training.get("holdout_fraction", args.holdout_fraction)),
                   float(info.training.get("tune_fraction", args.tune_fraction)))
     threshold = info.threshold if args.threshold is None else args.threshold
+    per_language = dict(info.training.get("thresholds", {})) if args.threshold is None else {}
     report = {"head": str(head_path), "base_model": info.base_model, "threshold": threshold,
+              "thresholds_per_language": per_language,
               "eval": _evaluate(head, _tokenizer(args), data,
                                 {k: v for k, v in masks.items() if k not in ("train", "tune")},
-                                threshold, args.min_new_tokens)}
+                                threshold, args.min_new_tokens, per_language)}
     return emit_report(report, args.report)

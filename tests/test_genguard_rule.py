@@ -4,8 +4,9 @@ import random
 
 import pytest
 import torch
+from genguard_probe import probe_head
 
-from lsp_server.genguard import GenGuardStop, GuardHead
+from lsp_server.genguard import GenGuardStop
 
 STOP, GO = 6.0, -6.0  # hidden "states" whose stop probability is sigmoid(+-6)
 
@@ -18,15 +19,6 @@ class PieceTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.pieces[i] for i in ids)
-
-
-def _probe_head() -> GuardHead:
-    """A 2-d head whose stop logit minus continue logit is the state's second coordinate."""
-    head = GuardHead(2)
-    with torch.no_grad():
-        head.out.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
-        head.out.bias.zero_()
-    return head
 
 
 def _feed(rule: GenGuardStop, tokens: list[tuple[str, float]], sizes: list[int] | None = None):
@@ -49,7 +41,7 @@ def _feed(rule: GenGuardStop, tokens: list[tuple[str, float]], sizes: list[int] 
 
 
 def _rule(min_new_tokens: int = 0) -> GenGuardStop:
-    return GenGuardStop(_probe_head(), PieceTokenizer([]), threshold=0.5, min_new_tokens=min_new_tokens)
+    return GenGuardStop(probe_head(), PieceTokenizer([]), threshold=0.5, min_new_tokens=min_new_tokens)
 
 
 def test_strict_majority_of_a_line_stops_and_cuts_before_that_line():
@@ -131,7 +123,7 @@ def test_real_tokenizer_with_multibyte_characters(tiny_loaded):
     hidden = torch.tensor([[0.0, v] for v in votes])
     results = []
     for sizes in ([1] * len(ids), [3] * len(ids), [7] * len(ids), [len(ids)]):
-        rule = GenGuardStop(_probe_head(), tokenizer, 0.5, min_new_tokens=0)
+        rule = GenGuardStop(probe_head(), tokenizer, 0.5, min_new_tokens=0)
         rule.begin("", "")
         fed, decision = 0, None
         for size in sizes:

@@ -1,10 +1,14 @@
 """Threshold tuning on replayed samples: global and per language, against the real line-voting rule."""
 
 import numpy as np
-import torch
+from genguard_probe import probe_head
 
-from lsp_server.genguard import GuardHead
-from lsp_server.genguard.train import MIN_LANGUAGE_TUNE_SAMPLES, Dataset, language_thresholds, replay
+from lsp_server.genguard.train import (
+    MIN_LANGUAGE_TUNE_SAMPLES,
+    Dataset,
+    language_thresholds,
+    replay,
+)
 
 # Two lines of the requested code, then two lines of excess.
 PIECES = ["a = 1", "\n", "b = 2", "\n", "c = 3", "\n", "d = 4", "\n"]
@@ -19,15 +23,6 @@ class PieceTokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
         return {"input_ids": list(range(len(text)))}
-
-
-def _probe_head() -> GuardHead:
-    """The stop probability of state (0, v) is sigmoid(v)."""
-    head = GuardHead(2)
-    with torch.no_grad():
-        head.out.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
-        head.out.bias.zero_()
-    return head
 
 
 def _dataset(inside_probability: dict[str, float], per_language: int) -> Dataset:
@@ -51,20 +46,20 @@ def _dataset(inside_probability: dict[str, float], per_language: int) -> Dataset
 def test_each_language_gets_the_lowest_threshold_that_does_not_cut_its_code():
     data = _dataset({"python": 0.75, "javascript": 0.35}, MIN_LANGUAGE_TUNE_SAMPLES)
     everything = np.ones(data.samples, dtype=bool)
-    thresholds = language_thresholds(_probe_head(), PieceTokenizer(), data, everything, 0, max_early=0.0)
+    thresholds = language_thresholds(probe_head(), PieceTokenizer(), data, everything, 0, max_early=0.0)
     assert thresholds == {"javascript": 0.4, "python": 0.8}
 
 
 def test_a_language_with_few_tuning_samples_keeps_the_global_threshold():
     data = _dataset({"python": 0.75, "javascript": 0.35}, MIN_LANGUAGE_TUNE_SAMPLES - 1)
     everything = np.ones(data.samples, dtype=bool)
-    assert language_thresholds(_probe_head(), PieceTokenizer(), data, everything, 0, max_early=0.0) == {}
+    assert language_thresholds(probe_head(), PieceTokenizer(), data, everything, 0, max_early=0.0) == {}
 
 
 def test_replay_applies_per_language_thresholds():
     data = _dataset({"python": 0.75, "javascript": 0.35}, 3)
     everything = np.ones(data.samples, dtype=bool)
-    shared = replay(_probe_head(), PieceTokenizer(), data, everything, 0.5, 0)
+    shared = replay(probe_head(), PieceTokenizer(), data, everything, 0.5, 0)
     assert shared["early"] == 3 and shared["stopped"] == 3  # python's code outvotes 0.5
-    split = replay(_probe_head(), PieceTokenizer(), data, everything, 0.5, 0, per_language={"python": 0.8})
+    split = replay(probe_head(), PieceTokenizer(), data, everything, 0.5, 0, per_language={"python": 0.8})
     assert split["early"] == 0 and split["stopped"] == 6 and split["tokens_late_median"] == 2

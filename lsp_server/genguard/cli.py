@@ -27,6 +27,8 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     data.add_argument("--sites", type=int, default=200, help="functions per source")
     data.add_argument("--per-file", type=int, default=3)
     data.add_argument("--per-repo", type=int, default=None, help="at most this many functions per repository")
+    data.add_argument("--standalone", action="store_true",
+                      help="prompt with the function's header alone (HumanEval-style), not the file up to it")
     data.add_argument("--context-tokens", type=int, default=512)
     data.add_argument("--new-tokens", type=int, default=128, help="generation length of generated samples")
     data.add_argument("--after-tokens", type=int, default=96, help="teacher tokens kept after the function's end")
@@ -82,12 +84,13 @@ def _build_data(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     exclude = humaneval_signatures()
-    builder = SampleBuilder(loaded, args.context_tokens, args.after_tokens, new_tokens=args.new_tokens)
+    builder = SampleBuilder(loaded, args.context_tokens, args.after_tokens, new_tokens=args.new_tokens,
+                            standalone=args.standalone)
     hidden_size = int(loaded.model.config.hidden_size)
     writer = ShardWriter(meta={
         "base_model": loaded.name, "hidden_size": hidden_size, "tokenizer_hash": tokenizer_hash(loaded.tokenizer),
         "sources": [f"{s.language}={s.root}" for s in sources], "kinds": kinds, "context_tokens": args.context_tokens,
-        "new_tokens": args.new_tokens, "after_tokens": args.after_tokens,
+        "new_tokens": args.new_tokens, "after_tokens": args.after_tokens, "standalone": args.standalone,
     })
     excluded_total = 0
     for source in sources:

@@ -2,7 +2,8 @@
 
 No hand labelling.  A *site* is a function of a real file, cut as a completion task: the
 prompt is the file up to the end of its signature and docstring (or leading comments),
-with no text after the cursor, as in HumanEval-style generation.  Two kinds of samples:
+with no text after the cursor, as in HumanEval-style generation (``standalone``: the
+function's header alone, without the file around it).  Two kinds of samples:
 
 - ``teacher``: teacher forcing over the real code.  The prompt plus the real function
   body plus what really follows it in the file go through the model in ONE forward pass;
@@ -189,9 +190,11 @@ class SampleBuilder:
     """Turns sites into labelled hidden states with one loaded model."""
 
     def __init__(self, loaded: Any, context_tokens: int = 512, after_tokens: int = 96, max_body_tokens: int = 320,
-                 new_tokens: int = 128, speculate: bool = True) -> None:
+                 new_tokens: int = 128, speculate: bool = True, standalone: bool = False) -> None:
         """``speculate`` decodes generated samples with the engine's drafter: greedy output and the
-        hidden states of accepted tokens are the plain decoder's (up to bf16 near-ties), in fewer passes."""
+        hidden states of accepted tokens are the plain decoder's (up to bf16 near-ties), in fewer passes.
+        ``standalone`` prompts with the function's own header alone (signature and docstring, no file
+        around it), as HumanEval-style problems do; by default the prompt is the file up to the cursor."""
         from ..engine.completer import build_drafter
         from ..engine.decoding import Decoder
         from ..engine.prompt import PromptBuilder
@@ -205,12 +208,17 @@ class SampleBuilder:
         self.after_tokens = after_tokens
         self.max_body_tokens = max_body_tokens
         self.new_tokens = new_tokens
+        self.standalone = standalone
         self.drafter = build_drafter(loaded, self.decoder, self.prompts, DrafterConfig()) if speculate else None
 
     def _prompt(self, prefix: str) -> list[int]:
         """Prompt ids: FIM with an empty suffix, as for HumanEval."""
         self.prompts._anchor = None  # each site is a new document: no sticky window from the last one
         return self.prompts.build(prefix, "", self.context_tokens).ids
+
+    def _prefix(self, site: Site) -> str:
+        """The text before the cursor that the prompt is built from."""
+        return site.text[site.function.start if self.standalone else 0 : site.cursor]
 
     def teacher(self, site: Site) -> Sample | None:
         from transformers import DynamicCache
@@ -223,15 +231,15 @@ class SampleBuilder:
         if inside < 3 or inside > self.max_body_tokens:
             return None
         ids = encoded["input_ids"][: inside + self.after_tokens]
-        prompt = self._prompt(site.text[:cursor])
+        prompt = self._prompt(self._prefix(site))
         states = self.decoder.hidden_states(prompt + ids, DynamicCache())
         features = states[len(prompt) - 1 : len(prompt) - 1 + len(ids)].float().cpu().numpy().astype(np.float16)
         labels = np.array([0] * inside + [1] * (len(ids) - inside), dtype=np.uint8)
         return Sample(site, "teacher", features, labels, np.array(ids, dtype=np.int32))
 
     def generated(self, site: Site) -> Sample | None:
-        cursor = site.cursor
-        prompt = self._prompt(site.text[:cursor])
+        prefix = self._prefix(site)
+        prompt = self._prompt(prefix)
         recorder = _Recorder()
         out = self.decoder.generate(prompt, self.new_tokens, stop_rule=recorder, drafter=self.drafter)
         ids = out.token_ids
@@ -240,11 +248,11 @@ class SampleBuilder:
         features = np.concatenate(recorder.hidden)[: len(ids)]
         # Parse the whole file before the cursor, not the prompt's window: a long docstring can
         # push the ``def`` line out of the window, and then the function is not found at all.
-        doc = site.text[:cursor] + out.text
-        end = function_end(doc, cursor, site.language)
+        doc = prefix + out.text
+        end = function_end(doc, len(prefix), site.language)
         if end is None:
             return None  # unfinished or unparsable: no trustworthy label
-        cut = line_cut(doc, end) - cursor
+        cut = line_cut(doc, end) - len(prefix)
         starts = [len(self.tokenizer.decode(ids[:j])) for j in range(len(ids))]
         labels = np.array([1 if start >= cut else 0 for start in starts], dtype=np.uint8)
         if not out.text[cut:].strip():

@@ -190,9 +190,9 @@ class SampleBuilder:
     """Turns sites into labelled hidden states with one loaded model."""
 
     def __init__(self, loaded: Any, context_tokens: int = 512, after_tokens: int = 96, max_body_tokens: int = 320,
-                 new_tokens: int = 128, speculate: bool = True, standalone: bool = False) -> None:
-        """``speculate`` decodes generated samples with the engine's drafter: greedy output and the
-        hidden states of accepted tokens are the plain decoder's (up to bf16 near-ties), in fewer passes.
+                 new_tokens: int = 128, standalone: bool = False) -> None:
+        """Generated samples decode with the engine's drafter: the greedy output and the hidden
+        states of accepted tokens are the plain decoder's (up to bf16 near-ties), in fewer passes.
         ``standalone`` prompts with the function's own header alone (signature and docstring, no file
         around it), as HumanEval-style problems do; by default the prompt is the file up to the cursor."""
         from ..engine.completer import build_drafter
@@ -209,7 +209,7 @@ class SampleBuilder:
         self.max_body_tokens = max_body_tokens
         self.new_tokens = new_tokens
         self.standalone = standalone
-        self.drafter = build_drafter(loaded, self.decoder, self.prompts, DrafterConfig()) if speculate else None
+        self.drafter = build_drafter(loaded, self.decoder, self.prompts, DrafterConfig())
 
     def _prompt(self, prefix: str) -> list[int]:
         """Prompt ids: FIM with an empty suffix, as for HumanEval."""
@@ -246,8 +246,8 @@ class SampleBuilder:
         if len(ids) < 2 or not recorder.hidden:
             return None
         features = np.concatenate(recorder.hidden)[: len(ids)]
-        # Parse the whole file before the cursor, not the prompt's window: a long docstring can
-        # push the ``def`` line out of the window, and then the function is not found at all.
+        # Parse the whole prefix text, not the prompt's token window: a long docstring can push
+        # the ``def`` line out of the window, and then the function is not found at all.
         doc = prefix + out.text
         end = function_end(doc, len(prefix), site.language)
         if end is None:

@@ -129,7 +129,7 @@ def _humaneval(args: argparse.Namespace) -> int:
     if head_path is not None:
         head, info = load_head(head_path, int(loaded.model.config.hidden_size), tokenizer_hash(loaded.tokenizer))
         guard = LoadedGuard(head, info, loaded.tokenizer)  # per-language thresholds apply as in the engine
-        genguard = lambda: guard.rule("python", args.threshold, args.min_new_tokens)  # noqa: E731
+        genguard = lambda: guard.rule("python", args.threshold, args.min_new_tokens)
     report = humaneval_estimate(loaded, default_rules(loaded, genguard), args.humaneval, args.max_new_tokens,
                                 args.seed, lambda msg: print(msg, file=sys.stderr), args.runs_cache)
     return emit_report(report, args.report)

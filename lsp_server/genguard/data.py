@@ -183,7 +183,6 @@ class _Recorder:
 
     def step(self, text: str, accepted: Sequence[int], hidden: Any) -> None:
         self.hidden.append(hidden.float().cpu().numpy().astype(np.float16))
-        return None
 
 
 class SampleBuilder:

@@ -128,7 +128,7 @@ def token_metrics(head: GuardHead, features: np.ndarray, labels: np.ndarray, thr
     truth = labels == 1
     tp = int((predicted & truth).sum())
     return {
-        "positions": int(len(labels)),
+        "positions": len(labels),
         "precision": tp / max(1, int(predicted.sum())),
         "recall": tp / max(1, int(truth.sum())),
         "accuracy": float((predicted == truth).mean()) if len(labels) else 0.0,

@@ -122,9 +122,14 @@ def train_head(features: np.ndarray, labels: np.ndarray, width: int = 0, epochs:
     return head.eval()
 
 
-def token_metrics(head: GuardHead, features: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    probs = head.stop_probability(torch.from_numpy(features.astype(np.float32)))
-    predicted = probs >= threshold
+def stop_probabilities(head: GuardHead, data: Dataset) -> np.ndarray:
+    """The head's P(stop) for every position of ``data``: scored once per head, then shared by
+    tuning, replay and metrics (each used to convert and score the whole dataset again)."""
+    return head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
+
+
+def token_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = probabilities >= threshold
     truth = labels == 1
     tp = int((predicted & truth).sum())
     return {
@@ -142,7 +147,7 @@ def replay(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, 
 
     ``per_language`` thresholds win over ``threshold`` for their languages, as in the engine."""
     if probabilities is None:
-        probabilities = head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
+        probabilities = stop_probabilities(head, data)
     starts = np.searchsorted(data.sample_index, np.arange(data.samples + 1))
     early = stopped = missed = no_excess = 0
     late: list[int] = []
@@ -198,19 +203,21 @@ def replay(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, 
 
 
 def tune_threshold(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, min_new_tokens: int,
-                   max_early: float = 0.01) -> tuple[float, list[dict[str, Any]]]:
+                   max_early: float = 0.01,
+                   probabilities: np.ndarray | None = None) -> tuple[float, list[dict[str, Any]]]:
     """The threshold with the fewest late tokens among those that cut early in at most ``max_early`` of samples.
 
     The grid is fine near 1: an early cut costs correctness while a late one costs a few
     tokens, so the useful thresholds tend to be high.
     """
-    probabilities = head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
+    if not samples.any():
+        return 0.5, []
+    if probabilities is None:
+        probabilities = stop_probabilities(head, data)
     grid = []
     for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99):
         result = replay(head, tokenizer, data, samples, threshold, min_new_tokens, probabilities)
         grid.append({"threshold": threshold, **result})
-    if not samples.any():
-        return 0.5, []
     ok = [g for g in grid if g["early"] <= max_early * max(1, g["samples"])]
     best = min(ok, key=lambda g: (g["tokens_late_mean"] + 1000 * (g["stop_recall"] < 0.5), g["threshold"])) if ok \
         else min(grid, key=lambda g: g["early"])
@@ -221,17 +228,20 @@ MIN_LANGUAGE_TUNE_SAMPLES = 20
 
 
 def language_thresholds(head: GuardHead, tokenizer: Any, data: Dataset, samples: np.ndarray, min_new_tokens: int,
-                        max_early: float) -> dict[str, float]:
+                        max_early: float, probabilities: np.ndarray | None = None) -> dict[str, float]:
     """A threshold per language with at least ``MIN_LANGUAGE_TUNE_SAMPLES`` tuning samples.
 
     Code ends differently per language (a dedent, a closing brace), and so do the
     classifier's mistakes; a language with too few samples keeps the global threshold.
     """
+    if probabilities is None:
+        probabilities = stop_probabilities(head, data)
     thresholds = {}
     for language in sorted(set(data.language[samples].tolist())):
         chosen = samples & (data.language == language)
         if chosen.sum() >= MIN_LANGUAGE_TUNE_SAMPLES:
-            thresholds[language], _grid = tune_threshold(head, tokenizer, data, chosen, min_new_tokens, max_early)
+            thresholds[language], _grid = tune_threshold(head, tokenizer, data, chosen, min_new_tokens, max_early,
+                                                         probabilities)
     return thresholds
 
 
@@ -245,9 +255,8 @@ def _tokenizer(args: argparse.Namespace) -> Any:
 
 
 def _evaluate(head: GuardHead, tokenizer: Any, data: Dataset, masks: dict[str, np.ndarray], threshold: float,
-              min_new_tokens: int, per_language: dict[str, float]) -> dict[str, Any]:
+              min_new_tokens: int, per_language: dict[str, float], probabilities: np.ndarray) -> dict[str, Any]:
     report: dict[str, Any] = {}
-    probabilities = head.stop_probability(torch.from_numpy(data.features.astype(np.float32)))
     for name, mask in masks.items():
         for kind in ("teacher", "generated"):
             chosen = mask & (data.kind == kind)
@@ -255,7 +264,7 @@ def _evaluate(head: GuardHead, tokenizer: Any, data: Dataset, masks: dict[str, n
                 continue
             rows = data.rows(chosen) & (data.labels != IGNORE)
             report[f"{name}/{kind}"] = {
-                "tokens": token_metrics(head, data.features[rows], data.labels[rows], threshold),
+                "tokens": token_metrics(probabilities[rows], data.labels[rows], threshold),
                 "rule": replay(head, tokenizer, data, chosen, threshold, min_new_tokens, probabilities, per_language),
                 "languages": sorted(set(data.language[chosen].tolist())),
             }
@@ -311,10 +320,12 @@ def run_train(args: argparse.Namespace) -> int:
         fit_started = time.perf_counter()
         head = train_head(data.features[rows], data.labels[rows], args.width, args.epochs, args.seed)
         fit_seconds = time.perf_counter() - fit_started
+        probabilities = stop_probabilities(head, data)
         if args.threshold is None:  # tuned on repositories it was not trained on: a head that overfits shows it
-            threshold, grid = tune_threshold(head, tokenizer, data, tune_samples, args.min_new_tokens, args.max_early)
+            threshold, grid = tune_threshold(head, tokenizer, data, tune_samples, args.min_new_tokens, args.max_early,
+                                             probabilities)
             per_language = language_thresholds(head, tokenizer, data, tune_samples, args.min_new_tokens,
-                                               args.max_early)
+                                               args.max_early, probabilities)
         else:
             threshold, grid, per_language = args.threshold, [], {}
         results[name] = {
@@ -325,7 +336,7 @@ def run_train(args: argparse.Namespace) -> int:
             "thresholds_per_language": per_language,
             "threshold_grid_on_tune": grid,
             "eval": _evaluate(head, tokenizer, data, {k: v for k, v in masks.items() if k not in ("train", "tune")},
-                              threshold, args.min_new_tokens, per_language),
+                              threshold, args.min_new_tokens, per_language, probabilities),
         }
         if name == "+".join(train_kinds) or chosen_head is None:
             chosen_head, chosen_threshold, chosen_name, chosen_per_language = head, threshold, name, per_language
@@ -377,5 +388,5 @@ def run_eval(args: argparse.Namespace) -> int:
               "thresholds_per_language": per_language,
               "eval": _evaluate(head, _tokenizer(args), data,
                                 {k: v for k, v in masks.items() if k not in ("train", "tune")},
-                                threshold, args.min_new_tokens, per_language)}
+                                threshold, args.min_new_tokens, per_language, stop_probabilities(head, data))}
     return emit_report(report, args.report)

@@ -32,6 +32,13 @@ def tiny_loaded(tiny_model_dir: Path):
     return load(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def tiny_loaded_bf16(tiny_model_dir: Path):
+    from lsp_server.engine import load
+
+    return load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+
+
 def assert_same_cache(ours, theirs) -> None:
     """Two KV caches hold the same keys and values (to fp32 rounding)."""
     import torch

@@ -1,20 +1,43 @@
-"""Grouped-query attention that is fast for decoding passes on a CPU.
+"""Attention for decoding passes on a CPU whose result for a token is bit-for-bit the
+same whether the token is decoded alone or inside a verification tree.
 
-Models like Qwen2.5-Coder share each key/value head among several query heads.  For a
-pass of a few tokens (one token of plain decoding, or a small verification tree),
-PyTorch's CPU ``scaled_dot_product_attention`` with ``enable_gqa`` or with repeated
-key/value heads was measured here at 1.15 ms per layer for one token against a
-2k-token cache; laying the query heads that share a key/value head out as extra query
-rows of that head computes the same attention in 0.08 ms (0.53 instead of 0.61-0.73 ms
-for a 9-token tree).  Over 24 layers that is about a third of a plain decoding pass.
-Prompt passes (many tokens, causal, no explicit mask) keep the stock SDPA path.
+Speculation is lossless only if the verifier computes, for every tree node, exactly
+what plain decoding computes for that token.  In fp32 the remaining rounding noise of
+different kernels almost never flips a greedy choice; in bf16 it does (measured on
+HumanEval with PyTorch's SDPA: 17 of 164 completions differed, every one at a logit
+near-tie).  The culprit is that SDPA's arithmetic for a query row depends on the rest of
+the pass: the total key length, where a node's ancestors sit among masked siblings, how
+many query rows share a block.
 
-Installed for every model loaded on a CPU, so plain greedy decoding and speculation
-both profit and benchmark ratios compare decoding strategies, not attention kernels.
+Here every query token's attention is defined on its *logical* key sequence, the keys it
+may see in position order (the cache, then its ancestors, then itself), cut into blocks
+of ``BLOCK`` positions counted from position 0:
+
+    out = sum over blocks b, in order, of (exp(s_b - max) @ [V_b, 1]), then divided by
+    the last column (the sum of the weights).
+
+Blocks that lie wholly in the cache are shared by all rows and taken from the physical
+layout; the last blocks are gathered per token (cheap: at most a few blocks).  Scores,
+weights and products are fp32 (as precise as SDPA's fp32 accumulation); each product
+has the same shape whatever the pass, and the block sums run in a fixed order, so a
+token gets the same bits in a 1-token pass as in any tree.  ``tests/test_attention.py``
+checks this for random trees, including trees that cross a block boundary.
+
+Layout: the query heads that share a key/value head are laid out as extra query rows
+of that head (grouped-query attention without repeating keys and values), which is what
+made decoding passes fast on this CPU in the first place (0.08 ms per layer instead of
+1.15 ms for transformers' SDPA with ``enable_gqa`` at a 2k-token cache).  Prompt passes
+(many tokens, causal, no explicit mask) keep the stock SDPA path: plain decoding and
+speculation share the same prompt pass.
+
+Installed for every model loaded on a CPU (with ``linear.install_row_invariant``), so
+plain greedy decoding, prompt lookup and speculation run on the same kernels and
+benchmark ratios compare decoding strategies, not kernels.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,12 +45,126 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-NAME = "swiftguard_grouped_sdpa"
-MAX_GROUPED_QUERY = 64
+NAME = "swiftguard_row_invariant"
+MAX_DECODING_QUERY = 64
 """Passes of more query tokens than this (prompts) take the stock path."""
+BLOCK = 128
+"""A token at position p sees a cache part [0, BLOCK * (p // BLOCK)) and a tail of at most BLOCK keys."""
+
+MIN_ROWS = 8
+"""Fewer query rows than this per key/value head take other kernels inside the flash attention
+(measured: 1 or 2 rows at a 2k-token cache, 3 rows at any length): they are padded."""
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
-def grouped_sdpa_attention(
+@dataclass
+class _Part:
+    """Tokens of a pass that share one cache part, with each one's tail of keys."""
+
+    tokens: torch.Tensor | None
+    """Which query tokens (None: all of them, in order)."""
+    key_index: torch.Tensor | None
+    """Key positions the tokens see (None: all); the tail and cache part index into these."""
+    start: int
+    """Length of the cache part: a multiple of ``BLOCK``."""
+    tail: torch.Tensor
+    """[tokens * BLOCK]: the key index of each tail slot, in position order (0 for padding)."""
+    tail_mask: torch.Tensor
+    """[tokens, 1, 1, BLOCK] additive mask: -inf on padding slots."""
+
+
+def _part(allowed: torch.Tensor, start: int, dtype: torch.dtype, tokens: torch.Tensor | None = None,
+          key_index: torch.Tensor | None = None) -> _Part:
+    """Tails of the tokens whose ``allowed`` rows [tokens, keys] see all keys before ``start``.
+
+    Physical order is position order (the cache precedes the pass, ancestors precede
+    descendants), so a token's visible keys from ``start`` on, in index order, are its tail.
+    """
+    tail = allowed[:, start:]
+    rows, cols = tail.nonzero(as_tuple=True)
+    slot = tail.cumsum(1)[rows, cols] - 1
+    index = torch.zeros(tail.shape[0], BLOCK, dtype=torch.long, device=allowed.device)
+    index[rows, slot] = cols + start
+    used = torch.arange(BLOCK, device=allowed.device) < tail.sum(1, keepdim=True)
+    mask = torch.zeros(used.shape, dtype=dtype, device=allowed.device).masked_fill_(~used, float("-inf"))
+    return _Part(tokens, key_index, start, index.flatten(), mask[:, None, None, :])
+
+
+def _plan(allowed: torch.Tensor, dtype: torch.dtype) -> list[_Part]:
+    """How the tokens of a pass are computed; the same for every layer.
+
+    A token at position p has the cache part [0, BLOCK * (p // BLOCK)).  Tokens of a tree
+    that reaches past the pass's block boundary would have tree nodes in theirs: each of
+    them gets its own part over its own key sequence, exactly as a 1-token pass would
+    compute it (rare, and it copies the cache).
+    """
+    tokens, length = allowed.shape
+    start = BLOCK * ((length - tokens) // BLOCK)
+    crossing = allowed.sum(1) > start + BLOCK  # position + 1 > start + BLOCK
+    if not bool(crossing.any()):
+        return [_part(allowed, start, dtype)]
+    inside = (~crossing).nonzero().flatten()
+    parts = [_part(allowed[inside], start, dtype, inside)] if len(inside) else []
+    for token in crossing.nonzero().flatten():
+        keys = allowed[token].nonzero().flatten()
+        alone = torch.ones(1, len(keys), dtype=torch.bool, device=allowed.device)
+        parts.append(_part(alone, BLOCK * ((len(keys) - 1) // BLOCK), dtype, token[None], keys))
+    return parts
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _Part,
+            scale: float) -> torch.Tensor:
+    """query [kv_heads, groups, tokens, dim], key/value [kv_heads, keys, dim] of one part.
+    Returns [tokens, kv_heads, groups, dim]."""
+    kv_heads, groups, tokens, dim = query.shape
+    tail_keys = key.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
+    tail_values = value.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
+    out, lse = _flash(query.permute(2, 0, 1, 3), tail_keys, tail_values, 0.0, False, attn_mask=part.tail_mask,
+                      scale=scale)
+    if not part.start:
+        return out
+    rows = groups * tokens
+    grouped = query.reshape(1, kv_heads, rows, dim)
+    if rows < MIN_ROWS:
+        grouped = torch.cat([grouped, grouped.new_zeros(1, kv_heads, MIN_ROWS - rows, dim)], 2)
+    cached, cached_lse = _flash(grouped, key[None, :, : part.start], value[None, :, : part.start], 0.0, False,
+                                scale=scale)
+    cached = cached[:, :, :rows].reshape(kv_heads, groups, tokens, dim).permute(2, 0, 1, 3).float()
+    cached_lse = cached_lse[:, :, :rows]
+    # The cache part's share of the softmax mass, sigmoid(lse_cache - lse_tail), spread over
+    # the head dimension first: elementwise kernels compute a tensor's tail past the last
+    # full vector with scalar code, whose exp may round differently, and a per-head tensor's
+    # tail depends on the number of tokens.  Only plain arithmetic follows the exp.
+    difference = (lse - cached_lse.reshape(kv_heads, groups, tokens).permute(2, 0, 1))[..., None]
+    share = torch.exp(difference.expand(tokens, kv_heads, groups, dim).contiguous()).add_(1.0).reciprocal_()
+    return out.float().add_(cached.sub_(out.float()).mul_(share)).to(query.dtype)
+
+
+_last_plan: tuple[Any, tuple[int, int, torch.dtype, torch.device], list[_Part]] | None = None
+"""The plan of the latest pass, keyed by its mask (held, so its identity is not reused), shape and dtype."""
+
+
+def _plan_for(attention_mask: torch.Tensor | None, tokens: int, length: int, dtype: torch.dtype,
+              device: torch.device) -> list[_Part] | None:
+    """The pass's plan, computed at its first layer; None when this is not a decoding pass
+    of one sequence (a mask that hides cache positions, a token that sees nothing)."""
+    global _last_plan
+    cached, shape = _last_plan, (tokens, length, dtype, device)
+    if cached is not None and cached[0] is attention_mask and cached[1] == shape:
+        return cached[2]
+    if attention_mask is None:  # causal: a short prompt is a chain, and is computed like decoding it
+        allowed = torch.ones(tokens, length, dtype=torch.bool, device=device).tril(length - tokens)
+    else:
+        allowed = attention_mask[0, 0] if attention_mask.dtype == torch.bool else attention_mask[0, 0] == 0
+        if not bool(allowed[:, : length - tokens].all()) or not bool(allowed.any(1).all()):
+            return None
+    plan = _plan(allowed, dtype)
+    _last_plan = (attention_mask, shape, plan)
+    return plan
+
+
+def decoding_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -38,22 +175,33 @@ def grouped_sdpa_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Same contract as transformers' SDPA attention: returns [batch, tokens, heads, dim]."""
-    groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, tokens, dim = query.shape
-    one_token_or_masked = tokens == 1 or attention_mask is not None
-    if groups == 1 or tokens > MAX_GROUPED_QUERY or not one_token_or_masked or dropout or kwargs.get("softcap"):
+    kv_heads, length = key.shape[1], key.shape[2]
+    plan = None
+    causal = attention_mask is None and (tokens == 1 or getattr(module, "is_causal", True))
+    decoding = causal or (attention_mask is not None and attention_mask.shape[:2] == (1, 1))
+    if decoding and batch == 1 and tokens <= MAX_DECODING_QUERY and heads % kv_heads == 0 and not dropout \
+            and not kwargs.get("softcap") and not kwargs.get("sliding_window"):
+        plan = _plan_for(attention_mask, tokens, length, query.dtype, query.device)
+    if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    # Query head h uses key/value head h // groups: its rows go under that head.
-    grouped = query.reshape(batch, heads // groups, groups * tokens, dim)
-    # Row g * tokens + i of a head's grouped query is token i: repeat the mask's rows alike.
-    mask = attention_mask.repeat(1, 1, groups, 1) if attention_mask is not None else None
-    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(batch, heads, tokens, dim).transpose(1, 2).contiguous(), None
+    scale = scaling if scaling is not None else dim**-0.5
+    grouped = query[0].reshape(kv_heads, heads // kv_heads, tokens, dim)
+    if len(plan) == 1 and plan[0].tokens is None:
+        out = _attend(grouped, key[0], value[0], plan[0], scale)
+    else:
+        out = query.new_empty(tokens, kv_heads, heads // kv_heads, dim)
+        for part in plan:
+            keys, values = key[0], value[0]
+            if part.key_index is not None:
+                keys, values = keys.index_select(1, part.key_index), values.index_select(1, part.key_index)
+            out[part.tokens] = _attend(grouped[:, :, part.tokens], keys, values, part, scale)
+    return out.reshape(1, tokens, heads, dim), None
 
 
 def register() -> str:
     """Make the attention available to ``from_pretrained(attn_implementation=...)``."""
-    AttentionInterface.register(NAME, grouped_sdpa_attention)
+    AttentionInterface.register(NAME, decoding_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME

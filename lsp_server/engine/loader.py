@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..paths import cache_root
-from . import attention, default_model
+from . import attention, default_model, linear
 from .device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ def load(
     if not tokenizer.is_fast:
         raise ModelLoadError(f"model {name!r} has no fast tokenizer (tokenizer.json), which is required")
     model.to(torch_device).eval()
+    if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
+        linear.install_row_invariant(model)
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s/%s in %.1fs", name, torch_device, torch_dtype, seconds)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds)

@@ -59,6 +59,28 @@ def test_a_tree_token_gets_the_bits_of_decoding_it_alone(past, tokens, groups):
         assert torch.equal(alone[:, 0], tree[:, token]), f"token {token} of {tokens} after {past}"
 
 
+@pytest.mark.parametrize("past,tokens", [(0, 300), (100, 200), (2 * BLOCK - 3, 7), (1000, 1)])
+@pytest.mark.parametrize("explicit_mask", [False, True])
+def test_a_prompt_token_gets_the_bits_of_decoding_it_alone(past, tokens, explicit_mask):
+    """A prompt, or the new part of one after a reused cache, is computed as if decoded token by
+    token: prefill, reuse and decoding cannot disagree in the last bit."""
+    generator = torch.Generator().manual_seed(past + tokens)
+    query = torch.randn(1, 14, tokens, 64, generator=generator).to(torch.bfloat16)
+    key = torch.randn(1, 2, past + tokens, 64, generator=generator).to(torch.bfloat16)
+    value = torch.randn(1, 2, past + tokens, 64, generator=generator).to(torch.bfloat16)
+    causal = torch.ones(tokens, past + tokens, dtype=torch.bool).tril(past)
+    mask = additive(causal, torch.bfloat16) if explicit_mask else None
+    chunk, _ = decoding_attention(GROUPED[7], query, key, value, mask, scaling=0.125)
+    for token in range(0, tokens, 7):
+        end = past + token + 1
+        alone, _ = decoding_attention(GROUPED[7], query[:, :, token : token + 1], key[:, :, :end], value[:, :, :end],
+                                      None, scaling=0.125)
+        assert torch.equal(alone[:, 0], chunk[:, token]), f"token {token} of {tokens} after {past}"
+    stock, _ = sdpa_attention_forward(GROUPED[7], query.float(), key.float(), value.float(),
+                                      additive(causal, torch.float32), scaling=0.125)
+    torch.testing.assert_close(chunk.float(), stock, rtol=0.02, atol=0.01)
+
+
 @pytest.mark.parametrize("past,tokens", CASES)
 def test_decoding_attention_equals_stock_sdpa(past, tokens):
     generator = torch.Generator().manual_seed(tokens)
@@ -72,7 +94,7 @@ def test_decoding_attention_equals_stock_sdpa(past, tokens):
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
 
 
-def test_a_short_causal_prompt_is_computed_like_a_chain():
+def test_a_causal_prompt_is_computed_like_a_chain():
     query, key, value = torch.randn(1, 6, 5, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
     causal, _ = decoding_attention(MODULE, query, key, value, None, scaling=0.25)
     chain = torch.ones(5, 5, dtype=torch.bool).tril()

@@ -46,8 +46,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 NAME = "swiftguard_row_invariant"
-MAX_DECODING_QUERY = 64
-"""Passes of more query tokens than this (prompts) take the stock path."""
+MAX_TREE = 64
+"""Passes with a non-causal mask of more tokens than this are not verification trees: stock path."""
 BLOCK = 128
 """A token at position p sees a cache part [0, BLOCK * (p // BLOCK)) and a tail of at most BLOCK keys."""
 
@@ -60,7 +60,7 @@ _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 @dataclass
 class _Part:
-    """Tokens of a pass that share one cache part, with each one's tail of keys."""
+    """Tokens of a pass that share one cache part, and where their tails come from."""
 
     tokens: torch.Tensor | None
     """Which query tokens (None: all of them, in order)."""
@@ -68,14 +68,17 @@ class _Part:
     """Key positions the tokens see (None: all); the tail and cache part index into these."""
     start: int
     """Length of the cache part: a multiple of ``BLOCK``."""
-    tail: torch.Tensor
-    """[tokens * BLOCK]: the key index of each tail slot, in position order (0 for padding)."""
+    tail: torch.Tensor | None
+    """[tokens * BLOCK]: each token's own tail, the key index of each slot in position order
+    (0 for padding); None: the tokens are consecutive positions of one block and share the
+    tail keys [start, start + BLOCK), each seeing those up to itself."""
     tail_mask: torch.Tensor
-    """[tokens, 1, 1, BLOCK] additive mask: -inf on padding slots."""
+    """Additive mask, -inf on slots a token does not see: [tokens, 1, 1, BLOCK] for own
+    tails, [1, 1, groups * tokens, BLOCK] (row g * tokens + t) for a shared tail."""
 
 
-def _part(allowed: torch.Tensor, start: int, dtype: torch.dtype, tokens: torch.Tensor | None = None,
-          key_index: torch.Tensor | None = None) -> _Part:
+def _own_tails(allowed: torch.Tensor, start: int, dtype: torch.dtype, tokens: torch.Tensor | None = None,
+               key_index: torch.Tensor | None = None) -> _Part:
     """Tails of the tokens whose ``allowed`` rows [tokens, keys] see all keys before ``start``.
 
     Physical order is position order (the cache precedes the pass, ancestors precede
@@ -91,26 +94,60 @@ def _part(allowed: torch.Tensor, start: int, dtype: torch.dtype, tokens: torch.T
     return _Part(tokens, key_index, start, index.flatten(), mask[:, None, None, :])
 
 
-def _plan(allowed: torch.Tensor, dtype: torch.dtype) -> list[_Part]:
-    """How the tokens of a pass are computed; the same for every layer.
+def _causal_blocks(past: int, tokens: int, groups: int, dtype: torch.dtype, device: torch.device) -> list[_Part]:
+    """A causal chunk (a prompt, new prompt tokens after a reused cache, plain decoding)
+    cut at the block boundaries of its positions: the tokens of one block share their
+    cache part and their tail keys."""
+    parts = []
+    first = 0
+    while first < tokens:
+        start = BLOCK * ((past + first) // BLOCK)
+        last = min(tokens, start + BLOCK - past)
+        seen = torch.arange(past + first, past + last, device=device) - start  # last tail slot each token sees
+        hidden = torch.arange(BLOCK, device=device) > seen[:, None]
+        mask = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
+        parts.append(_Part(torch.arange(first, last, device=device), None, start, None,
+                           mask.repeat(groups, 1)[None, None]))
+        first = last
+    return parts
 
-    A token at position p has the cache part [0, BLOCK * (p // BLOCK)).  Tokens of a tree
-    that reaches past the pass's block boundary would have tree nodes in theirs: each of
-    them gets its own part over its own key sequence, exactly as a 1-token pass would
-    compute it (rare, and it copies the cache).
-    """
+
+def _tree_plan(allowed: torch.Tensor, dtype: torch.dtype) -> list[_Part]:
+    """A verification tree's tokens each gather their own tail (their ancestors are spread
+    among other nodes).  A tree that reaches past the pass's block boundary would have tree
+    nodes in the cache part of its deep tokens: each of those gets its own part over its own
+    key sequence, exactly as a 1-token pass would compute it (rare, and it copies the cache)."""
     tokens, length = allowed.shape
     start = BLOCK * ((length - tokens) // BLOCK)
     crossing = allowed.sum(1) > start + BLOCK  # position + 1 > start + BLOCK
     if not bool(crossing.any()):
-        return [_part(allowed, start, dtype)]
+        return [_own_tails(allowed, start, dtype)]
     inside = (~crossing).nonzero().flatten()
-    parts = [_part(allowed[inside], start, dtype, inside)] if len(inside) else []
+    parts = [_own_tails(allowed[inside], start, dtype, inside)] if len(inside) else []
     for token in crossing.nonzero().flatten():
         keys = allowed[token].nonzero().flatten()
         alone = torch.ones(1, len(keys), dtype=torch.bool, device=allowed.device)
-        parts.append(_part(alone, BLOCK * ((len(keys) - 1) // BLOCK), dtype, token[None], keys))
+        parts.append(_own_tails(alone, BLOCK * ((len(keys) - 1) // BLOCK), dtype, token[None], keys))
     return parts
+
+
+def _tail(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _Part,
+          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the tail alone: output [tokens, kv_heads, groups, dim] and log-sum-exp
+    [tokens, kv_heads, groups]."""
+    kv_heads, groups, tokens, dim = query.shape
+    if part.tail is not None:
+        keys = key.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
+        values = value.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
+        return _flash(query.permute(2, 0, 1, 3), keys, values, 0.0, False, attn_mask=part.tail_mask, scale=scale)
+    keys, values = key[None, :, part.start : part.start + BLOCK], value[None, :, part.start : part.start + BLOCK]
+    if keys.shape[2] < BLOCK:  # the pass ends inside the block: pad (masked)
+        padding = keys.new_zeros(1, kv_heads, BLOCK - keys.shape[2], dim)
+        keys, values = torch.cat([keys, padding], 2), torch.cat([values, padding], 2)
+    out, lse = _flash(query.reshape(1, kv_heads, groups * tokens, dim), keys, values, 0.0, False,
+                      attn_mask=part.tail_mask, scale=scale)
+    return (out.reshape(kv_heads, groups, tokens, dim).permute(2, 0, 1, 3),
+            lse.reshape(kv_heads, groups, tokens).permute(2, 0, 1))
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _Part,
@@ -118,10 +155,7 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _
     """query [kv_heads, groups, tokens, dim], key/value [kv_heads, keys, dim] of one part.
     Returns [tokens, kv_heads, groups, dim]."""
     kv_heads, groups, tokens, dim = query.shape
-    tail_keys = key.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
-    tail_values = value.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
-    out, lse = _flash(query.permute(2, 0, 1, 3), tail_keys, tail_values, 0.0, False, attn_mask=part.tail_mask,
-                      scale=scale)
+    out, lse = _tail(query, key, value, part, scale)
     if not part.start:
         return out
     rows = groups * tokens
@@ -132,34 +166,43 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _
                                 scale=scale)
     cached = cached[:, :, :rows].reshape(kv_heads, groups, tokens, dim).permute(2, 0, 1, 3).float()
     cached_lse = cached_lse[:, :, :rows]
-    # The cache part's share of the softmax mass, sigmoid(lse_cache - lse_tail), spread over
-    # the head dimension first: elementwise kernels compute a tensor's tail past the last
-    # full vector with scalar code, whose exp may round differently, and a per-head tensor's
-    # tail depends on the number of tokens.  Only plain arithmetic follows the exp.
+    # The cache part's share of the softmax mass, sigmoid(lse_cache - lse_tail).  Elementwise
+    # kernels compute what is left past the last full pair of vectors, and the ends of
+    # thread chunks, with scalar code whose exp may round differently, and which elements
+    # those are depends on the tensor's size.  So the exp runs on whole 32-float rows, one
+    # per (token, head) (two thread chunks of whole rows for up to 128 tokens of 16 heads),
+    # and only plain arithmetic follows it.
     difference = (lse - cached_lse.reshape(kv_heads, groups, tokens).permute(2, 0, 1))[..., None]
-    share = torch.exp(difference.expand(tokens, kv_heads, groups, dim).contiguous()).add_(1.0).reciprocal_()
-    return out.float().add_(cached.sub_(out.float()).mul_(share)).to(query.dtype)
+    share = torch.exp(difference.expand(tokens, kv_heads, groups, 32).contiguous()).add_(1.0).reciprocal_()
+    return out.float().add_(cached.sub_(out.float()).mul_(share[..., :1])).to(query.dtype)
 
 
 _last_plan: tuple[Any, tuple[int, int, torch.dtype, torch.device], list[_Part]] | None = None
 """The plan of the latest pass, keyed by its mask (held, so its identity is not reused), shape and dtype."""
 
 
-def _plan_for(attention_mask: torch.Tensor | None, tokens: int, length: int, dtype: torch.dtype,
+def _plan_for(attention_mask: torch.Tensor | None, tokens: int, length: int, groups: int, dtype: torch.dtype,
               device: torch.device) -> list[_Part] | None:
-    """The pass's plan, computed at its first layer; None when this is not a decoding pass
-    of one sequence (a mask that hides cache positions, a token that sees nothing)."""
+    """How the tokens of a pass are computed, worked out at its first layer and reused by
+    the others; None when this is not a pass over one sequence (a mask that hides cache
+    positions or everything from a token) or a non-causal pass too large to be a tree."""
     global _last_plan
     cached, shape = _last_plan, (tokens, length, dtype, device)
     if cached is not None and cached[0] is attention_mask and cached[1] == shape:
         return cached[2]
-    if attention_mask is None:  # causal: a short prompt is a chain, and is computed like decoding it
-        allowed = torch.ones(tokens, length, dtype=torch.bool, device=device).tril(length - tokens)
+    past = length - tokens
+    if attention_mask is None:
+        plan = _causal_blocks(past, tokens, groups, dtype, device)
     else:
         allowed = attention_mask[0, 0] if attention_mask.dtype == torch.bool else attention_mask[0, 0] == 0
-        if not bool(allowed[:, : length - tokens].all()) or not bool(allowed.any(1).all()):
+        if allowed.shape != (tokens, length) or not bool(allowed[:, :past].all()) or not bool(allowed.any(1).all()):
             return None
-    plan = _plan(allowed, dtype)
+        if torch.equal(allowed[:, past:], torch.ones(tokens, tokens, dtype=torch.bool, device=device).tril()):
+            plan = _causal_blocks(past, tokens, groups, dtype, device)
+        elif tokens <= MAX_TREE:
+            plan = _tree_plan(allowed, dtype)
+        else:
+            return None
     _last_plan = (attention_mask, shape, plan)
     return plan
 
@@ -179,10 +222,10 @@ def decoding_attention(
     kv_heads, length = key.shape[1], key.shape[2]
     plan = None
     causal = attention_mask is None and (tokens == 1 or getattr(module, "is_causal", True))
-    decoding = causal or (attention_mask is not None and attention_mask.shape[:2] == (1, 1))
-    if decoding and batch == 1 and tokens <= MAX_DECODING_QUERY and heads % kv_heads == 0 and not dropout \
-            and not kwargs.get("softcap") and not kwargs.get("sliding_window"):
-        plan = _plan_for(attention_mask, tokens, length, query.dtype, query.device)
+    if (causal or (attention_mask is not None and attention_mask.shape[:2] == (1, 1))) and batch == 1 \
+            and heads % kv_heads == 0 and not dropout and not kwargs.get("softcap") \
+            and not kwargs.get("sliding_window"):
+        plan = _plan_for(attention_mask, tokens, length, heads // kv_heads, query.dtype, query.device)
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

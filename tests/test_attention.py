@@ -34,8 +34,9 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
-# Cases: no cache part, a cache part, a tree that reaches the next block, a long cache.
-CASES = [(40, 7), (BLOCK + 30, 12), (2 * BLOCK - 5, 24), (2000, 17)]
+# Cases: no cache part, a cache part, a tree that reaches the next block, a long cache, the
+# largest tree (64 nodes and the pending token).
+CASES = [(40, 7), (BLOCK + 30, 12), (2 * BLOCK - 5, 24), (2000, 17), (300, 65)]
 
 
 @pytest.mark.parametrize("past,tokens", CASES)

@@ -46,8 +46,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 NAME = "swiftguard_row_invariant"
-MAX_TREE = 64
-"""Passes with a non-causal mask of more tokens than this are not verification trees: stock path."""
+MAX_TREE = 256
+"""Passes with a non-causal mask of more tokens than this are not verification trees (the
+largest is 64 nodes plus the pending token): stock path."""
 BLOCK = 128
 """A token at position p sees a cache part [0, BLOCK * (p // BLOCK)) and a tail of at most BLOCK keys."""
 

@@ -35,8 +35,9 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 # Cases: no cache part, a cache part, a tree that reaches the next block, a long cache, the
-# largest tree (64 nodes and the pending token).
-CASES = [(40, 7), (BLOCK + 30, 12), (2 * BLOCK - 5, 24), (2000, 17), (300, 65)]
+# largest tree (64 nodes and the pending token), and 5, 14 and 23 tokens, whose 7 query heads
+# per key/value head leave 3, 2 and 1 rows for the flash kernel's last block of 32 rows.
+CASES = [(40, 7), (BLOCK + 30, 12), (2 * BLOCK - 5, 24), (2000, 17), (300, 65), (300, 5), (1000, 14), (2000, 23)]
 
 
 @pytest.mark.parametrize("past,tokens", CASES)

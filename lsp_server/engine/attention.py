@@ -52,11 +52,25 @@ largest is 64 nodes plus the pending token): stock path."""
 BLOCK = 128
 """A token at position p sees a cache part [0, BLOCK * (p // BLOCK)) and a tail of at most BLOCK keys."""
 
-MIN_ROWS = 8
-"""Fewer query rows than this per key/value head take other kernels inside the flash attention
-(measured: 1 or 2 rows at a 2k-token cache, 3 rows at any length): they are padded."""
+ROW_MULTIPLE = 8
+"""The flash kernel gives a query row other bits when it is computed among very few rows
+(measured: 3 rows, and 1 or 2 rows at a 2k-token cache): every call gets a multiple of
+this many rows per key/value head, zero rows added."""
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+def _flash(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's CPU flash attention, with output and log-sum-exp: query [batch, heads, rows, dim],
+    ``mask`` broadcast over heads (and rows, if it has one)."""
+    rows = query.shape[2]
+    if rows % ROW_MULTIPLE:
+        extra = ROW_MULTIPLE - rows % ROW_MULTIPLE
+        query = torch.cat([query, query.new_zeros(*query.shape[:2], extra, query.shape[3])], 2)
+        if mask is not None and mask.shape[2] == rows:
+            mask = torch.cat([mask, mask.new_zeros(*mask.shape[:2], extra, mask.shape[3])], 2)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, False,
+                                                                          attn_mask=mask, scale=scale)
+    return out[:, :, :rows], lse[:, :, :rows]
 
 
 @dataclass
@@ -140,13 +154,12 @@ def _tail(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _Pa
     if part.tail is not None:
         keys = key.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
         values = value.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
-        return _flash(query.permute(2, 0, 1, 3), keys, values, 0.0, False, attn_mask=part.tail_mask, scale=scale)
+        return _flash(query.permute(2, 0, 1, 3), keys, values, part.tail_mask, scale)
     keys, values = key[None, :, part.start : part.start + BLOCK], value[None, :, part.start : part.start + BLOCK]
     if keys.shape[2] < BLOCK:  # the pass ends inside the block: pad (masked)
         padding = keys.new_zeros(1, kv_heads, BLOCK - keys.shape[2], dim)
         keys, values = torch.cat([keys, padding], 2), torch.cat([values, padding], 2)
-    out, lse = _flash(query.reshape(1, kv_heads, groups * tokens, dim), keys, values, 0.0, False,
-                      attn_mask=part.tail_mask, scale=scale)
+    out, lse = _flash(query.reshape(1, kv_heads, groups * tokens, dim), keys, values, part.tail_mask, scale)
     return (out.reshape(kv_heads, groups, tokens, dim).permute(2, 0, 1, 3),
             lse.reshape(kv_heads, groups, tokens).permute(2, 0, 1))
 
@@ -159,14 +172,9 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _
     out, lse = _tail(query, key, value, part, scale)
     if not part.start:
         return out
-    rows = groups * tokens
-    grouped = query.reshape(1, kv_heads, rows, dim)
-    if rows < MIN_ROWS:
-        grouped = torch.cat([grouped, grouped.new_zeros(1, kv_heads, MIN_ROWS - rows, dim)], 2)
-    cached, cached_lse = _flash(grouped, key[None, :, : part.start], value[None, :, : part.start], 0.0, False,
-                                scale=scale)
-    cached = cached[:, :, :rows].reshape(kv_heads, groups, tokens, dim).permute(2, 0, 1, 3).float()
-    cached_lse = cached_lse[:, :, :rows]
+    cached, cached_lse = _flash(query.reshape(1, kv_heads, groups * tokens, dim), key[None, :, : part.start],
+                                value[None, :, : part.start], None, scale)
+    cached = cached.reshape(kv_heads, groups, tokens, dim).permute(2, 0, 1, 3).float()
     # The cache part's share of the softmax mass, sigmoid(lse_cache - lse_tail).  Elementwise
     # kernels compute what is left past the last full pair of vectors, and the ends of
     # thread chunks, with scalar code whose exp may round differently, and which elements

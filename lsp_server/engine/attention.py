@@ -126,8 +126,8 @@ def _causal_blocks(past: int, tokens: int, groups: int, dtype: torch.dtype, devi
         seen = torch.arange(past + first, past + last, device=device) - start  # last tail slot each token sees
         hidden = torch.arange(BLOCK, device=device) > seen[:, None]
         mask = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
-        parts.append(_Part(torch.arange(first, last, device=device), None, start, None,
-                           mask.repeat(groups, 1)[None, None]))
+        which = None if (first, last) == (0, tokens) else torch.arange(first, last, device=device)
+        parts.append(_Part(which, None, start, None, mask.repeat(groups, 1)[None, None]))
         first = last
     return parts
 

@@ -12,22 +12,23 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lsp_server.engine.attention import BLOCK, decoding_attention
 from lsp_server.engine.linear import RowInvariantLinear, install_row_invariant
+from lsp_server.engine.speculation.draft_tree import DraftTree
+from lsp_server.engine.speculation.verify import tree_attention_mask
 
 MODULE = types.SimpleNamespace(num_key_value_groups=3, is_causal=True)
 GROUPED = {groups: types.SimpleNamespace(num_key_value_groups=groups, is_causal=True) for groups in (1, 2, 3, 6, 7, 8)}
 
 
 def random_tree(past: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """[tokens, past + tokens] visibility of a random tree under pass token 0 (the root)."""
-    allowed = torch.zeros(tokens, past + tokens, dtype=torch.bool)
-    allowed[:, :past] = True
-    parents = [-1] + [int(torch.randint(0, i, (1,), generator=generator)) for i in range(1, tokens)]
-    for node in range(tokens):
-        ancestor = node
-        while ancestor >= 0:
-            allowed[node, past + ancestor] = True
-            ancestor = parents[ancestor]
-    return allowed
+    """[tokens, past + tokens] visibility of a verification pass: the pending token (the root)
+    and a random tree of ``tokens - 1`` nodes under it, as the verifier builds it."""
+    parents = [int(torch.randint(-1, i, (1,), generator=generator)) for i in range(tokens - 1)]
+    depths: list[int] = []
+    for parent in parents:
+        depths.append(1 if parent == -1 else depths[parent] + 1)
+    n = len(parents)
+    tree = DraftTree([0] * n, parents, depths, [1.0] * n, [frozenset()] * n)
+    return tree_attention_mask(past, 1, tree, torch.float32)[0, 0] == 0
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

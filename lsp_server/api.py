@@ -86,6 +86,7 @@ class CompletionEngine(Protocol):
         workspace's preference cache in ``preference_file`` across restarts."""
         ...
 
-    def retrieval_preview(self, prefix: str, limit: int = 8) -> list[dict[str, Any]]:
-        """The datastore's drafts for the text before a cursor, decoded."""
+    def retrieval_preview(self, prefix: str, limit: int = 8, document_key: str = "",
+                          language_id: str = "") -> list[dict[str, Any]]:
+        """The datastore's drafts for the text before a cursor in that document, decoded."""
         ...

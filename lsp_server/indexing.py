@@ -19,6 +19,7 @@ from .api import CompletionEngine
 from .datastore.cache import short_hash
 from .datastore.service import DatastoreService
 from .paths import cache_root
+from .syntax.languages import detect_language
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,16 @@ class WorkspaceIndexer:
         self.service: DatastoreService | None = None
         self.root: Path | None = None
         self.use_client_watcher = False
+        self._build_general: Callable[[DatastoreService, str], None] = lambda _service, _name: None
 
-    def attach(self, engine: CompletionEngine, root: Path | None, build_general: Callable[[DatastoreService], None]) -> None:
-        """Give ``engine`` a datastore for ``root`` that speaks its tokenizer (called on the loading thread)."""
+    def attach(self, engine: CompletionEngine, root: Path | None,
+               build_general: Callable[[DatastoreService, str], None]) -> None:
+        """Give ``engine`` a datastore for ``root`` that speaks its tokenizer (called on the loading thread).
+
+        ``build_general(service, corpus)`` loads or builds a general corpus in the
+        background; it is asked for when the first document of its language opens.
+        """
+        self._build_general = build_general
         encode, encode_batch, key = engine.encoders()
         if self.service is None or self.service.tokenizer_key != key or self.root != root:
             self.stop()
@@ -39,17 +47,19 @@ class WorkspaceIndexer:
             self.service.start()
             if not self.use_client_watcher:
                 self.service.start_watching()
-            if not self.service.load_general():
-                build_general(self.service)
         preference = cache_root() / "preference" / f"{short_hash(str(root), key)}.json"
         engine.attach_retrieval(self.service.datastore, preference)
 
     def _path(self, uri: str) -> str | None:
         return to_fs_path(uri) if uri.startswith("file:") else None
 
-    def opened(self, uri: str, text: str) -> None:
-        if self.service is not None and (path := self._path(uri)) is not None:
+    def opened(self, uri: str, text: str, language_id: str = "") -> None:
+        if self.service is None:
+            return
+        if (path := self._path(uri)) is not None:
             self.service.open_document(path, text)
+        if (corpus := self.service.want_general(detect_language(path, language_id or None))) is not None:
+            self._build_general(self.service, corpus)
 
     def changed(self, uri: str, text: str) -> None:
         if self.service is not None and (path := self._path(uri)) is not None:

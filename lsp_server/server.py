@@ -45,7 +45,7 @@ class SwiftguardServer(LanguageServer):
         self.indexer = WorkspaceIndexer()
         self.last_stats: CompletionStats | None = None
         self._load_task: asyncio.Future[None] | None = None  # held: asyncio keeps only weak refs
-        self._general_task: asyncio.Future[None] | None = None
+        self._general_tasks: list[asyncio.Future[None]] = []  # kept referenced until done
         self.pending_errors: list[str] = []
         self.shutting_down = False
 
@@ -136,10 +136,10 @@ class SwiftguardServer(LanguageServer):
         if engine is not None and settings.speculation:
             build_general = partial(loop.call_soon_threadsafe, self._build_general_soon)
             if not settings.general_corpus:
-                build_general = lambda _service: None  # noqa: E731
+                build_general = lambda _service, _corpus: None  # noqa: E731
             await loop.run_in_executor(None, self.indexer.attach, engine, self.workspace_root(), build_general)
             for document in list(self.workspace.text_documents.values()):  # opened while loading
-                self.indexer.opened(document.uri, document.source)
+                self.indexer.opened(document.uri, document.source, document.language_id or "")
 
     def workspace_root(self) -> Path | None:
         """The folder whose files feed the repository datastore (none: only open documents)."""
@@ -148,18 +148,21 @@ class SwiftguardServer(LanguageServer):
             root = to_fs_path(next(iter(self.workspace.folders.values())).uri)
         return Path(root) if root else None
 
-    def _build_general_soon(self, service: Any) -> None:
-        self._general_task = asyncio.ensure_future(self._build_general(service))
+    def _build_general_soon(self, service: Any, corpus: str) -> None:
+        self._general_tasks.append(asyncio.ensure_future(self._build_general(service, corpus)))
 
-    async def _build_general(self, service: Any) -> None:
-        """Index the general code corpus once (persisted), with ``$/progress``."""
-        token = await self._begin_progress("Swiftguard: indexing general code")
+    async def _build_general(self, service: Any, corpus: str) -> None:
+        """Load a general code corpus, or index it once (persisted) with ``$/progress``."""
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, service.load_general, corpus):
+            return
+        token = await self._begin_progress(f"Swiftguard: indexing general {corpus} code")
         report = self._reporter(token)
 
         def progress(done: int, total: int) -> None:
             report(f"{done:,} of {total:,} tokens", min(100, done * 100 // max(total, 1)))
 
-        built = await asyncio.get_running_loop().run_in_executor(None, service.build_general, progress)
+        built = await loop.run_in_executor(None, service.build_general, progress, corpus)
         if token is not None and not self.shutting_down:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done" if built else "failed"))
 
@@ -316,7 +319,8 @@ async def on_retrieve(ls: SwiftguardServer, uri: str, line: int, character: int)
     found = ls.cursor_for(uri, types.Position(line=line, character=character))
     if engine is None or found is None:
         return {"candidates": []}
-    preview = await ls.scheduler.call_on_worker(lambda: engine.retrieval_preview(found[0].prefix))
+    language_id = ls.workspace.text_documents[uri].language_id or ""
+    preview = await ls.scheduler.call_on_worker(lambda: engine.retrieval_preview(found[0].prefix, 8, uri, language_id))
     return {"candidates": preview}
 
 
@@ -328,7 +332,8 @@ def on_restart(ls: SwiftguardServer, *_args: Any) -> dict[str, Any]:
 
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 def on_did_open(ls: SwiftguardServer, params: types.DidOpenTextDocumentParams) -> None:
-    ls.indexer.opened(params.text_document.uri, params.text_document.text)
+    document = params.text_document
+    ls.indexer.opened(document.uri, document.text, document.language_id)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -189,7 +190,7 @@ def test_saved_index_is_reloaded_and_stale_files_are_refreshed(tmp_path, cache, 
 
 def test_general_corpus_builds_saves_and_loads(tmp_path, cache, monkeypatch):
     stdlib = tmp_path / "stdlib"
-    for rel in ["json/encoder.py", "os_helpers.py", "test/test_x.py", "site-packages/pkg/mod.py"]:
+    for rel in ["json/encoder.py", "os_helpers.py", "test/test_x.py", "site-packages/pkg/mod.py", "notes.txt"]:
         (stdlib / rel).parent.mkdir(parents=True, exist_ok=True)
         (stdlib / rel).write_text(f"# {rel}\ndef helper_{len(rel)}(items):\n    return sorted(items)\n")
     monkeypatch.setattr(general, "stdlib_root", lambda: stdlib)
@@ -197,17 +198,63 @@ def test_general_corpus_builds_saves_and_loads(tmp_path, cache, monkeypatch):
         "json/encoder.py", "os_helpers.py"]
     progress = []
     service = DatastoreService(None, word_encode, "words", general_budget=10_000)
-    assert not service.load_general()
-    assert service.build_general(lambda done, total: progress.append((done, total)))
+    assert not service.load_general("python")
+    assert service.build_general(lambda done, total: progress.append((done, total)), "python")
     tokens = sum(len(word_encode((stdlib / r).read_text())) for r in ["json/encoder.py", "os_helpers.py"])
-    assert progress[-1] == (tokens, 10_000) and service.general_source.index.tokens == tokens
-    found = service.datastore.retrieve(word_encode("(items):\n    return"), span=3)
+    assert progress[-1] == (tokens, 10_000) and service.general_sources["python"].index.tokens == tokens
+    found = service.datastore.for_language("python").retrieve(word_encode("(items):\n    return"), span=3)
     assert found and found[0].tokens == tuple(word_encode(" sorted(")) and found[0].source == "general"
     assert found[0].count == pytest.approx(2 * 0.25)
+    assert not service.datastore.for_language("go").retrieve(word_encode("(items):\n    return"), span=3)
     reloaded = DatastoreService(None, word_encode, "words", general_budget=10_000)
-    assert reloaded.load_general() and reloaded.general_source.index.tokens == tokens
+    assert reloaded.load_general("python") and reloaded.general_sources["python"].index.tokens == tokens
     small = DatastoreService(None, word_encode, "words", general_budget=5)
-    assert small.build_general() and small.general_source.index.tokens == 5
+    assert small.build_general(name="python") and small.general_sources["python"].index.tokens == 5
+
+
+def test_each_language_drafts_from_its_own_toolchain_corpus(tmp_path, cache, monkeypatch):
+    node = tmp_path / "node_modules"
+    files = {
+        "npm/lib/fetch.js": "function fetchPackage(spec) {\n  return registry.get(spec)\n}\n",
+        "npm/lib/fetch.min.js": "function a(b){return c.get(b)}",
+        "npm/lib/types.d.ts": "declare function fetchPackage(spec: string): Promise<unknown>;\n",
+        "npm/test/fetch.js": "function fetchPackage(spec) {\n  return mock.get(spec)\n}\n",
+        "npm/lib/bundle.js": "x" * 5000 + "\n",  # one huge line: generated, not code to learn from
+        "npm/lib/readme.md": "function fetchPackage(spec) {\n  return docs.get(spec)\n}\n",
+    }
+    for rel, text in files.items():
+        (node / rel).parent.mkdir(parents=True, exist_ok=True)
+        (node / rel).write_text(text)
+    corpus = dataclasses.replace(general.CORPORA["javascript"], find_roots=lambda: [node])
+    monkeypatch.setitem(general.CORPORA, "javascript", corpus)
+    assert sorted(p.relative_to(node).as_posix() for p in general.corpus_files(node, corpus)) == [
+        "npm/lib/bundle.js", "npm/lib/fetch.js"]  # bundle.js is read, then dropped as generated
+    service = DatastoreService(None, word_encode, "words", general_budget=10_000)
+    assert service.want_general("typescript") == "javascript"
+    assert service.want_general("javascript") is None  # asked for once, by whichever language came first
+    assert service.want_general("markdown") is None
+    assert service.build_general(name="javascript")
+    assert service.general_sources["javascript"].index.tokens == len(word_encode(files["npm/lib/fetch.js"]))
+    context = word_encode("function fetchPackage(spec) {\n  return")
+    for language in ("javascript", "typescript", "tsx"):
+        found = service.datastore.for_language(language).retrieve(context, span=2)
+        assert found and found[0].tokens == tuple(word_encode(" registry.get(")[:2]), language
+    for language in ("python", "go", None):
+        assert not service.datastore.for_language(language).retrieve(context, span=2)
+    assert not DatastoreService(None, word_encode, "words").build_general(name="javascript", exclude=node / "npm")
+
+
+def test_go_corpus_leaves_tests_out_and_follows_goroot(tmp_path, monkeypatch):
+    src = tmp_path / "goroot" / "src"
+    for rel in ["strings/builder.go", "strings/builder_test.go", "strings/testdata/x.go", "cmd/go/main.go"]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("package x\n")
+    monkeypatch.setenv("GOROOT", str(tmp_path / "goroot"))
+    corpus = general.CORPORA["go"]
+    assert corpus.roots() == [src]
+    assert sorted(p.relative_to(src).as_posix() for p in general.corpus_files(src, corpus)) == [
+        "cmd/go/main.go", "strings/builder.go"]
+    assert general.corpus_for("cpp") is general.CORPORA["c"] and general.corpus_for("java") is None
 
 
 def test_index_command_reports_files_tokens_and_memory(tmp_path, cache, tiny_model_dir, capsys):
@@ -238,7 +285,7 @@ def test_index_general_command_builds_the_corpus_with_progress(tmp_path, cache, 
     args = parser.parse_args(["index", "--general", "--tokenizer", str(tiny_model_dir), "--json"])
     assert run_index(args) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["tokens"] > 500 and "general corpus" in captured.err
+    assert json.loads(captured.out)["tokens"] > 500 and "general python corpus" in captured.err
     assert len(list((cache / "datastore" / "general").glob("*.npz"))) == 1
 
 

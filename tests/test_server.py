@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 import pytest_lsp
@@ -45,10 +48,10 @@ async def wait_for_state(client: LanguageClient, *states: str, timeout: float = 
     return await asyncio.wait_for(poll(), timeout)
 
 
-def open_document(client: LanguageClient, text: str = SOURCE, uri: str = URI) -> None:
+def open_document(client: LanguageClient, text: str = SOURCE, uri: str = URI, language_id: str = "python") -> None:
     client.text_document_did_open(
         types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+            text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=1, text=text)
         )
     )
 
@@ -291,3 +294,39 @@ async def test_disk_files_and_unsaved_edits_feed_the_datastore(workspace_client:
     client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(changes=[
         types.FileEvent(uri=(client.root / "lib.py").as_uri(), type=types.FileChangeType.Changed)]))
     await retrieved(client, scratch, 0, 13, "adler32")
+
+
+GOROOT = Path(tempfile.mkdtemp(prefix="swiftguard-goroot-"))
+"""A Go toolchain's sources for the server below: its general Go corpus comes from here."""
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER.server_command,
+                                              server_env={**os.environ, "GOROOT": str(GOROOT)}))
+async def go_client(lsp_client: LanguageClient, tiny_model_dir, tmp_path):
+    (GOROOT / "src" / "strings").mkdir(parents=True, exist_ok=True)
+    (GOROOT / "src" / "strings" / "quokka.go").write_text(
+        "package strings\n\nfunc (b *Builder) WriteQuokka(s string) {\n\tb.buf = appendQuokka(b.buf, s)\n}\n")
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"), root_uri=tmp_path.as_uri(),
+        initialization_options={"model": str(tiny_model_dir), "dtype": "float32"},
+    ))
+    lsp_client.root = tmp_path
+    await wait_for_state(lsp_client, "ready")
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_a_documents_language_brings_its_general_corpus(go_client: LanguageClient):
+    """Opening a Go file indexes the Go toolchain's code in the background; a plain-text
+    document with the same text gets no drafts from it."""
+    client = go_client
+    text = "func (b *Builder) WriteQuokka(s string) {\n\tb.buf ="
+    go_file = (client.root / "main.go").as_uri()
+    open_document(client, text, go_file, "go")
+    candidates = await retrieved(client, go_file, 1, 8, "appendQuokka")
+    assert any(c["source"] == "general" and "appendQuokka" in c["text"] for c in candidates)
+    notes = (client.root / "notes.txt").as_uri()
+    open_document(client, text, notes, "plaintext")
+    result = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="swiftguard.retrieve", arguments=[notes, 1, 8]))
+    assert not any(c["source"] == "general" for c in result["candidates"])

@@ -36,7 +36,7 @@ class ScriptedDrafter:
         self.random = random.Random(seed)
         self.feedback: list[tuple[int, int]] = []
 
-    def begin(self, prompt):
+    def begin(self, prompt, language=None):
         pass
 
     def draft(self, tokens):

@@ -102,8 +102,8 @@ def run(tokenizer_path: Path | None, lines: int, queries: int, edits: int, seed:
 
         started = time.perf_counter()
         segment = general.build(encode, encode_batch, general_files, general.DEFAULT_BUDGET)
-        service.general_source.index = general.as_index(segment)
-        report["general_index"] = {"tokens": service.general_source.index.tokens,
+        service.use_general(general.CORPORA["python"], segment)
+        report["general_index"] = {"tokens": service.general_sources["python"].index.tokens,
                                    "seconds": round(time.perf_counter() - started, 3), "index_bytes": segment.nbytes}
 
         contexts = []
@@ -124,8 +124,9 @@ def run(tokenizer_path: Path | None, lines: int, queries: int, edits: int, seed:
         report["retrieval_repository"] = _percentiles(_timed(len(contexts), query_repository))
         report["retrieval_repository"]["hit_rate"] = round(sum(k > 0 for k in found_k) / len(found_k), 3)
         report["retrieval_repository"]["mean_k_of_hits"] = round(statistics.mean(k for k in found_k if k) or 0, 2)
+        python_sources = service.datastore.for_language("python")
         report["retrieval_repository_and_general"] = _percentiles(
-            _timed(len(contexts), lambda i: service.datastore.retrieve(contexts[i])))
+            _timed(len(contexts), lambda i: python_sources.retrieve(contexts[i])))
 
         # One-line edits in a 1,000-line file of the repository.
         target = max((p for p in repo_files if p.read_text(encoding="utf-8").count("\n") >= 1000),
@@ -153,7 +154,7 @@ def run(tokenizer_path: Path | None, lines: int, queries: int, edits: int, seed:
         report["update_one_line_edit_1000_lines"]["file"] = rel
         report["merge_after_edit"] = _percentiles(merges)
         report["retrieval_after_edits"] = _percentiles(
-            _timed(len(contexts), lambda i: service.datastore.retrieve(contexts[i])))
+            _timed(len(contexts), lambda i: python_sources.retrieve(contexts[i])))
         report["retrieval_after_edits"]["segments"] = len(service.repository.index.segments)
 
         prompt = encode(text)[:2000]

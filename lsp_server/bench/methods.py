@@ -200,6 +200,6 @@ class SwiftMethod:
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
             language: str = "python") -> MethodRun:
-        out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter)
+        out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter, language)
         return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
                          out.token_ids, out.time_to_first_token)

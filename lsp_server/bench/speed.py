@@ -47,16 +47,19 @@ class _Retrieval:
 
     Repository tasks: the workspace indexed fresh (nothing saved is read), and for each
     task its file with the body removed, as the open (unsaved) editor buffer.  The
-    general corpus (this Python's standard library) is built or loaded from the cache:
-    it never contains the benchmarked repository.
+    general corpora of the tasks' languages (``datastore.general``) are built or loaded
+    from the cache before the first task; one that overlaps the benchmarked repository is
+    left out.
     """
 
-    def __init__(self, loaded: Any, workspace: Path | None) -> None:
+    def __init__(self, loaded: Any, workspace: Path | None, languages: set[str]) -> None:
         encode, encode_batch = hf_encoders(loaded.tokenizer)
         self.service = DatastoreService(workspace, encode, hf_tokenizer_key(loaded.tokenizer), encode_batch,
                                         use_client_watcher=True, persist=False, reuse_saved=False)
         self.service.start()
-        self.service.build_general()
+        for language in sorted(languages):
+            if (corpus := self.service.want_general(language)) is not None:
+                self.service.build_general(name=corpus, exclude=workspace)
         self.service.wait_idle()
         self.workspace = workspace
         self._open: str | None = None
@@ -149,7 +152,8 @@ def run(args: Any) -> dict[str, Any]:
         raise SystemExit("no tasks found")
     loaded = load(args.model, args.device, args.dtype)
     builder = PromptBuilder(loaded.tokenizer)
-    retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve())
+    retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve(),
+                           {task.language for task in tasks if task.language})
     methods = _methods(names, loaded, builder.stop_ids, retrieval)
     guard = None
     if args.stop == "genguard":

@@ -15,7 +15,9 @@ def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("index", help="build the retrieval datastore (repository or general corpus)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--workspace", type=Path, metavar="DIR", help="index this folder's source files")
-    target.add_argument("--general", action="store_true", help="index the general corpus (this Python's stdlib)")
+    target.add_argument("--general", nargs="?", const="python", metavar="CORPUS",
+                        help="index a general code corpus: python (the default: this Python's stdlib), javascript "
+                             "(Node's global packages), c (system headers), go, rust (toolchain sources)")
     parser.add_argument("--tokenizer", type=Path, metavar="PATH",
                         help="tokenizer folder (default: the default model's converted folder)")
     parser.add_argument("--fresh", action="store_true", help="ignore a saved repository index")
@@ -49,7 +51,12 @@ def load_tokenizer(path: Path | None) -> Any:
 
 
 def run_index(args: argparse.Namespace) -> int:
+    from .general import CORPORA
     from .service import DatastoreService, hf_encoders, hf_tokenizer_key
+
+    if args.general and args.general not in CORPORA:
+        print(f"error: unknown corpus {args.general!r} (one of {', '.join(CORPORA)})", file=sys.stderr)
+        return 2
 
     if args.workspace is not None and not args.workspace.is_dir():
         print(f"error: {args.workspace} is not a folder", file=sys.stderr)
@@ -63,7 +70,7 @@ def run_index(args: argparse.Namespace) -> int:
     encode, encode_batch = hf_encoders(tokenizer)
     key = hf_tokenizer_key(tokenizer)
     if args.general:
-        return _index_general(DatastoreService(None, encode, key, encode_batch), args.json)
+        return _index_general(DatastoreService(None, encode, key, encode_batch), args.general, args.json)
     service = DatastoreService(args.workspace, encode, key, encode_batch, reuse_saved=not args.fresh)
     started = time.perf_counter()
     service.start()
@@ -91,26 +98,26 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _index_general(service: Any, as_json: bool) -> int:
+def _index_general(service: Any, corpus: str, as_json: bool) -> int:
     from tqdm import tqdm
 
     started = time.perf_counter()
     with tqdm(total=service.general_budget, unit="tok", unit_scale=True, file=sys.stderr,
-              desc="general corpus") as bar:
+              desc=f"general {corpus} corpus") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        ok = service.build_general(progress)
+        ok = service.build_general(progress, corpus)
     if not ok:
-        print("error: the general corpus index could not be built (see the log)", file=sys.stderr)
+        print(f"error: the general {corpus} corpus index could not be built (see the log)", file=sys.stderr)
         return 1
-    index = service.general_source.index
+    index = service.general_sources[corpus].index
     report = {"tokens": index.tokens, "index_bytes": index.nbytes, "seconds": round(time.perf_counter() - started, 3),
               "rss_bytes": rss_bytes()}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"general corpus: {report['tokens']} tokens, index {report['index_bytes'] / 1e6:.1f} MB, "
+        print(f"general {corpus} corpus: {report['tokens']} tokens, index {report['index_bytes'] / 1e6:.1f} MB, "
               f"{report['seconds']:.2f}s")
     return 0

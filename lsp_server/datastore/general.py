@@ -1,20 +1,28 @@
-"""The general code corpus: this machine's Python standard library, indexed once per tokenizer.
+"""General code corpora: code that ships with this machine's toolchains, one index per language family.
 
-The stdlib is ordinary, well-written code that is always present and needs no download.
-Test suites and ``site-packages`` are left out; the files are taken in an order fixed by
-a hash of their path (a spread over the whole library, not its first letters) until a
-token budget is reached, which bounds both the build time and the memory (~30 bytes per
-token).  The built index is saved as one ``.npz`` per tokenizer, corpus and budget.
+A draft source needs ordinary, well-written code in the document's language that is
+always present and needs no download.  Each toolchain brings its own: Python's standard
+library, the JavaScript of Node's global packages (npm itself), the C and C++ system
+headers (libstdc++ implements its templates there), Go's standard library, Rust's
+``rust-src`` component.  A corpus that is not installed here is simply absent.
+Test suites, fixtures and minified or generated files are left out; the files are taken
+in an order fixed by a hash of their path (a spread over the whole tree, not its first
+letters) until a token budget is reached, which bounds both the build time and the
+memory (~30 bytes per token).  Each built index is saved as one ``.npz`` per corpus,
+tokenizer and budget, and built only when a document of its language shows up.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 import sysconfig
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +35,15 @@ from .types import Encode, EncodeBatch
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 1_000_000
-"""Tokens: about 30 MB of index, built in well under a minute on two cores."""
-FORMAT = 1
-_SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+"""Tokens per corpus: about 30 MB of index, built in well under a minute on two cores."""
+FORMAT = 2
+_SKIPPED_DIRS = frozenset({
+    "test", "tests", "testdata", "testing", "__tests__", "fixtures", "idle_test", "site-packages", "dist-packages",
+    "__pycache__", "docs", "examples",
+})
 _BATCH_FILES = 64
+_MAX_MEAN_LINE = 200
+"""Characters: above this mean line length a file is minified or generated, not code to learn from."""
 
 Progress = Callable[[int, int], None]
 """Called with (tokens indexed so far, token budget)."""
@@ -40,20 +53,102 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def corpus_files(root: Path) -> list[Path]:
-    """The ``.py`` files of ``root`` outside test and package folders, in a hash-fixed order."""
+def _existing(paths: Iterable[Path]) -> list[Path]:
+    return [path for path in paths if path.is_dir()]
+
+
+def _python_roots() -> list[Path]:
+    return _existing([stdlib_root()])
+
+
+def _node_roots() -> list[Path]:
+    """Node's global packages (npm, corepack), next to the ``node`` binary."""
+    node = shutil.which("node")
+    return _existing([Path(node).resolve().parent.parent / "lib" / "node_modules"]) if node else []
+
+
+def _header_roots() -> list[Path]:
+    return _existing([Path("/usr/include"), Path("/usr/local/include")])
+
+
+def _go_roots() -> list[Path]:
+    candidates = [Path(os.environ["GOROOT"]) / "src"] if os.environ.get("GOROOT") else []
+    if go := shutil.which("go"):
+        candidates.append(Path(go).resolve().parent.parent / "src")
+    return _existing([*candidates, Path("/usr/local/go/src"), Path("/usr/lib/go/src")])[:1]
+
+
+def _rust_roots() -> list[Path]:
+    if os.environ.get("RUST_SRC_PATH"):
+        return _existing([Path(os.environ["RUST_SRC_PATH"])])
+    toolchains = Path.home() / ".rustup" / "toolchains"
+    found = sorted(toolchains.glob("*/lib/rustlib/src/rust/library")) if toolchains.is_dir() else []
+    return found[-1:]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A kind of general code: where a toolchain keeps it, and which languages draft from it."""
+
+    name: str
+    languages: frozenset[str]
+    suffixes: frozenset[str]
+    find_roots: Callable[[], list[Path]]
+    skip_suffixes: tuple[str, ...] = ()
+    """File names ending so are left out (Go's ``_test.go``, TypeScript declarations)."""
+
+    def roots(self) -> list[Path]:
+        try:
+            return self.find_roots()
+        except OSError as exc:
+            log.info("general corpus %s: %s", self.name, exc)
+            return []
+
+
+CORPORA: dict[str, Corpus] = {
+    corpus.name: corpus
+    for corpus in (
+        Corpus("python", frozenset({"python"}), frozenset({".py"}), _python_roots),
+        Corpus("javascript", frozenset({"javascript", "typescript", "tsx"}), frozenset({".js", ".mjs", ".cjs", ".ts"}),
+               _node_roots, (".min.js", ".d.ts")),
+        Corpus("c", frozenset({"c", "cpp"}), frozenset({".h", ".hpp", ".hh", ".tcc", ".c", ".cc", ".cpp"}),
+               _header_roots),
+        Corpus("go", frozenset({"go"}), frozenset({".go"}), _go_roots, ("_test.go",)),
+        Corpus("rust", frozenset({"rust"}), frozenset({".rs"}), _rust_roots),
+    )
+}
+"""Java has none: a JDK keeps its sources zipped (``src.zip``), if at all."""
+
+
+def corpus_for(language: str | None) -> Corpus | None:
+    """The corpus documents in ``language`` (a tree-sitter grammar name) draft from."""
+    return next((corpus for corpus in CORPORA.values() if language in corpus.languages), None)
+
+
+def corpus_files(root: Path, corpus: Corpus = CORPORA["python"]) -> list[Path]:
+    """The corpus's files under ``root``, outside test and example folders, in a hash-fixed order."""
     files = []
-    for path in root.rglob("*.py"):
+    for path in root.rglob("*"):
+        if path.suffix not in corpus.suffixes or path.name.endswith(corpus.skip_suffixes):
+            continue
         rel = path.relative_to(root)
-        if _SKIPPED_DIRS.isdisjoint(rel.parts[:-1]) and not path.is_symlink():
+        if _SKIPPED_DIRS.isdisjoint(rel.parts[:-1]) and not path.is_symlink() and path.is_file():
             files.append(path)
     return sorted(files, key=lambda p: (zlib.crc32(p.relative_to(root).as_posix().encode()), p))
 
 
-def cache_path(tokenizer_key: str, root: Path, budget: int) -> Path:
+def _looks_generated(text: str) -> bool:
+    return len(text) > _MAX_MEAN_LINE * (text.count("\n") + 1)
+
+
+def cache_path(tokenizer_key: str, corpus: Corpus, roots: list[Path], budget: int) -> Path:
+    """Where the index of ``corpus`` (found at ``roots``) is kept for one tokenizer and budget.
+
+    Python's minor version is part of the key: its standard library changes with it.
+    """
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
-    key = short_hash(tokenizer_key, str(root), version, str(budget), str(FORMAT))
-    return datastore_dir() / "general" / f"{key}.npz"
+    key = short_hash(tokenizer_key, corpus.name, *map(str, roots), version, str(budget), str(FORMAT))
+    return datastore_dir() / "general" / f"{corpus.name}-{key}.npz"
 
 
 def build(encode: Encode, encode_batch: EncodeBatch | None, files: list[Path], budget: int,
@@ -65,9 +160,12 @@ def build(encode: Encode, encode_batch: EncodeBatch | None, files: list[Path], b
         texts = []
         for path in files[first : first + _BATCH_FILES]:
             try:
-                texts.append(path.read_text(encoding="utf-8"))
+                text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 log.info("general corpus: skipping %s: %s", path, exc)
+                continue
+            if not _looks_generated(text):
+                texts.append(text)
         encoded = encode_batch(texts) if encode_batch is not None else [encode(t) for t in texts]
         for ids in encoded:
             take = min(len(ids), budget - total)

@@ -79,11 +79,14 @@ class DatastoreService:
         self.persist = persist
         self.reuse_saved = reuse_saved
         self.general_budget = general_budget
+        self.general_weight = general_weight
         self.save_interval = save_interval
         self.repository = RepositoryIndex(encode, encode_batch, max_tokens)
         self.repository_source = IndexSource("repository", self.repository.index, repository_weight)
-        self.general_source = IndexSource("general", general.as_index(None), general_weight)
-        self.datastore = Datastore((self.repository_source, self.general_source))
+        self.general_sources: dict[str, IndexSource] = {}
+        """The general corpora in use, by corpus name (``general.CORPORA``)."""
+        self._general_asked: set[str] = set()
+        self.datastore = Datastore((self.repository_source,))
         self.state = "idle"
         self.initial_seconds: float | None = None
         self._cond = threading.Condition()
@@ -197,34 +200,66 @@ class DatastoreService:
 
     # -- the general corpus ----------------------------------------------------------------
 
-    def load_general(self) -> bool:
-        """Use the general corpus index from the cache if it was built; True if it was."""
-        segment = general.load(general.cache_path(self.tokenizer_key, general.stdlib_root(), self.general_budget))
+    def want_general(self, language: str | None) -> str | None:
+        """The general corpus to load or build for a document in ``language``: its name the
+        first time it is asked for, None when there is none or it was asked for already."""
+        corpus = general.corpus_for(language)
+        if corpus is None:
+            return None
+        with self._cond:
+            if corpus.name in self._general_asked:
+                return None
+            self._general_asked.add(corpus.name)
+        return corpus.name
+
+    def load_general(self, name: str = "python") -> bool:
+        """Use corpus ``name``'s index from the cache if it was built; True if it was."""
+        corpus = general.CORPORA[name]
+        roots = corpus.roots()
+        segment = general.load(general.cache_path(self.tokenizer_key, corpus, roots, self.general_budget)) \
+            if roots else None
         if segment is not None:
-            self.general_source.index = general.as_index(segment)
+            self.use_general(corpus, segment)
         return segment is not None
 
-    def build_general(self, progress: general.Progress | None = None) -> bool:
-        """Build (or load) the general corpus index and use it; False (logged) on failure."""
-        if self.load_general():
+    def build_general(self, progress: general.Progress | None = None, name: str = "python",
+                      exclude: Path | None = None) -> bool:
+        """Build (or load) corpus ``name``'s index and use it; False (logged) when it is not
+        on this machine, contains ``exclude`` (a benchmarked repository) or fails."""
+        corpus = general.CORPORA[name]
+        roots = corpus.roots()
+        if exclude is not None and any(root.resolve().is_relative_to(exclude.resolve())
+                                       or exclude.resolve().is_relative_to(root.resolve()) for root in roots):
+            log.warning("general corpus %s is left out: it overlaps %s", name, exclude)
+            return False
+        if self.load_general(name):
             return True
-        root = general.stdlib_root()
+        files = [path for root in roots for path in general.corpus_files(root, corpus)]
+        if not files:
+            log.info("no %s general corpus on this machine", name)
+            return False
         try:
-            segment = general.build(self.encode, self.encode_batch, general.corpus_files(root), self.general_budget,
-                                    progress)
+            segment = general.build(self.encode, self.encode_batch, files, self.general_budget, progress)
         except Exception:
-            log.exception("building the general corpus index failed")
+            log.exception("building the %s general corpus index failed", name)
             return False
         if segment is None:
-            log.warning("no general corpus found under %s", root)
+            log.warning("the %s general corpus under %s has no readable files", name, roots)
             return False
-        self.general_source.index = general.as_index(segment)
+        self.use_general(corpus, segment)
         try:
-            general.save(general.cache_path(self.tokenizer_key, root, self.general_budget), segment,
-                         {"tokenizer_key": self.tokenizer_key, "root": str(root)})
+            general.save(general.cache_path(self.tokenizer_key, corpus, roots, self.general_budget), segment,
+                         {"tokenizer_key": self.tokenizer_key, "corpus": name, "roots": [str(r) for r in roots]})
         except OSError as exc:
-            log.warning("cannot save the general corpus index: %s", exc)
+            log.warning("cannot save the %s general corpus index: %s", name, exc)
         return True
+
+    def use_general(self, corpus: general.Corpus, segment: general.Segment) -> None:
+        """Draft from ``segment`` (an index of ``corpus``) for documents in its languages."""
+        source = IndexSource("general", general.as_index(segment), self.general_weight)
+        self.general_sources[corpus.name] = source
+        for language in corpus.languages:
+            self.datastore.by_language[language] = source
 
     # -- the worker ---------------------------------------------------------------------
 
@@ -237,8 +272,9 @@ class DatastoreService:
             "segments": len(self.repository.index.segments),
             "pending": len(self._pending),
             "initial_seconds": self.initial_seconds,
-            "general_tokens": self.general_source.index.tokens,
-            "general_bytes": self.general_source.index.nbytes,
+            "general_tokens": sum(source.index.tokens for source in self.general_sources.values()),
+            "general_bytes": sum(source.index.nbytes for source in self.general_sources.values()),
+            "general_corpora": {name: source.index.tokens for name, source in self.general_sources.items()},
         }
 
     def _run(self) -> None:

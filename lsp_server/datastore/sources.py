@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 import numpy as np
 
@@ -87,14 +87,26 @@ class ContextSource:
 
 
 class Datastore:
-    """Several weighted sources behind one interface."""
+    """Several weighted sources behind one interface.
 
-    def __init__(self, sources: Sequence[DraftSource] = ()) -> None:
+    ``by_language`` holds sources that serve documents of one language only (general
+    code: the Python standard library is no draft for a Go file); the owner may add to it
+    at any time, and :meth:`for_language` picks from it per request.
+    """
+
+    def __init__(self, sources: Sequence[DraftSource] = (),
+                 by_language: MutableMapping[str, DraftSource] | None = None) -> None:
         self.sources = tuple(sources)
+        self.by_language: MutableMapping[str, DraftSource] = by_language if by_language is not None else {}
 
     def with_sources(self, *extra: DraftSource) -> Datastore:
         """This datastore plus per-request sources (e.g. a :class:`ContextSource`)."""
-        return Datastore((*self.sources, *extra))
+        return Datastore((*self.sources, *extra), self.by_language)
+
+    def for_language(self, language: str | None) -> Datastore:
+        """The sources for one document: the shared ones and, if any, its language's own."""
+        own = self.by_language.get(language) if language else None
+        return Datastore(self.sources if own is None else (*self.sources, own))
 
     def retrieve(self, context: Sequence[int], span: int = 16, max_candidates: int = 64) -> list[Candidate]:
         """Longest-suffix exact match (k from 16 down to 2, longest match first) in every source,

@@ -22,7 +22,7 @@ from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
-from .stop_rules import StopRuleFactory
+from .stop_rules import StopRuleFactory, document_language
 from .stopping import tidy_completion
 from .typeahead import TypeaheadCache
 
@@ -74,9 +74,10 @@ class LocalEngine:
             stats = CompletionStats(source="typeahead", seconds=time.perf_counter() - started)
             return CompletionResult(rest, stats)
         prompt = self.prompts.build(request.prefix, request.suffix, request.context_tokens)
-        rules = self.stop_rules.for_document(request.document_key, request.language_id)
+        language = document_language(request.document_key, request.language_id)
+        rules = self.stop_rules.for_language(language)
         rules.begin(request.prefix, request.suffix)
-        out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel, self.drafter)
+        out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel, self.drafter, language)
         stats = CompletionStats(
             new_tokens=len(out.token_ids),
             seconds=time.perf_counter() - started,
@@ -111,12 +112,17 @@ class LocalEngine:
         if preference_file is not None:
             self.drafter.cache.load(preference_file)
 
-    def retrieval_preview(self, prefix: str, limit: int = 8) -> list[dict[str, Any]]:
-        """What the datastore would draft after ``prefix``: for users asking "why", and tests."""
+    def retrieval_preview(self, prefix: str, limit: int = 8, document_key: str = "",
+                          language_id: str = "") -> list[dict[str, Any]]:
+        """What the datastore would draft after ``prefix`` in that document: for users asking
+        "why", and tests."""
         if self.drafter is None or not self.drafter.retrieval:
             return []
         context = self.encoders()[0](prefix[-4000:])
-        candidates = [c for source in self.drafter.retrieval for c in source.retrieve(context, 16, limit)]
+        language = document_language(document_key, language_id)
+        sources = [source.for_language(language) if hasattr(source, "for_language") else source
+                   for source in self.drafter.retrieval]
+        candidates = [c for source in sources for c in source.retrieve(context, 16, limit)]
         return [
             {"source": c.source, "text": self.loaded.tokenizer.decode(list(c.tokens)), "count": round(c.count, 3),
              "match_length": c.match_length}

@@ -29,7 +29,9 @@ from ..stop_rule import StopDecision, StopRule
 class Drafter(Protocol):
     """Proposes a draft tree for the next pass and learns from what was accepted."""
 
-    def begin(self, prompt: Sequence[int]) -> None: ...
+    def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
+        """A new completion after ``prompt``, in a document of ``language`` (a grammar name)."""
+        ...
 
     def draft(self, tokens: Sequence[int]) -> DraftTree:
         """A tree rooted at ``tokens[-1]`` (the prompt plus everything generated so far)."""
@@ -103,8 +105,10 @@ class Decoder:
         stop_rule: StopRule | None = None,
         cancel: threading.Event | None = None,
         drafter: Drafter | None = None,
+        language: str | None = None,
     ) -> DecodeOutput:
-        """Decode greedily after ``prompt`` until a stop token, a stop rule or the budget."""
+        """Decode greedily after ``prompt`` until a stop token, a stop rule or the budget;
+        ``language`` (the document's) lets the drafter pick its sources."""
         started = time.perf_counter()
         cache, reused = self.kv.take(prompt) if self.reuse_kv else (DynamicCache(), 0)
         fed: list[int] = list(prompt[:reused])  # exactly the tokens whose keys/values are in ``cache``
@@ -116,7 +120,7 @@ class Decoder:
         reason = "length"
         first_token_at = 0.0
         if drafter is not None:
-            drafter.begin(prompt)
+            drafter.begin(prompt, language)
         while len(generated) < max_new_tokens and reason == "length":
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"

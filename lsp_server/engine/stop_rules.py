@@ -19,6 +19,12 @@ from .stopping import StopRules, baseline_rules
 log = logging.getLogger(__name__)
 
 
+def document_language(document_key: str, language_id: str) -> str | None:
+    """The grammar name of a request's document: its LSP languageId first, else its extension."""
+    path = unquote(urlparse(document_key).path) if document_key else None
+    return detect_language(path, language_id or None)
+
+
 class StopRuleFactory:
     """Builds the rules for each request; the head is read once per model."""
 
@@ -29,9 +35,8 @@ class StopRuleFactory:
         else:
             self.status = "GenGuard off (setting): syntax stop rule only"
 
-    def for_document(self, document_key: str, language_id: str) -> StopRules:
-        path = unquote(urlparse(document_key).path) if document_key else None
-        language = detect_language(path, language_id or None)
+    def for_language(self, language: str | None) -> StopRules:
+        """The rules for a document in ``language`` (a grammar name; None: unknown)."""
         if language is None:
             return baseline_rules()
         rules: list[StopRule] = [SyntaxStop(language)]

@@ -73,7 +73,11 @@ class _Follow:
 
 
 class RetrievalSource(Protocol):
-    """A datastore source (``lsp_server.datastore``): weighted continuations of a context."""
+    """A datastore source (``lsp_server.datastore``): weighted continuations of a context.
+
+    One that has a ``for_language(language)`` method (a ``Datastore``) is asked for the
+    sources of each request's language at its start.
+    """
 
     name: str
 
@@ -158,13 +162,16 @@ class SpeculativeDrafter:
         self._newline_hits = [1.0, 2.0]  # (useful, tried) for retrievals right after a newline
         self.split_prompt = split_prompt or (lambda prompt: (list(prompt), []))
         self._request_source: RetrievalSource | None = None
+        self._sources: list[RetrievalSource] = []
         self._before: list[int] = []
         self._prompt_length = 0
 
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
 
-    def begin(self, prompt: Sequence[int]) -> None:
+    def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
+        self._sources = [source.for_language(language) if hasattr(source, "for_language") else source
+                         for source in self.retrieval]
         self._before, after = self.split_prompt(prompt)
         self._prompt_length = len(prompt)
         self._request_source = self.per_request(after) if self.per_request is not None else None
@@ -179,7 +186,7 @@ class SpeculativeDrafter:
         return [*self._before, *tokens[self._prompt_length :]]
 
     def _retrieve(self, tokens: Sequence[int]) -> list[Draft]:
-        if not self.retrieval or len(tokens) < 2:
+        if not self._sources or len(tokens) < 2:
             return []
         bigram = (tokens[-2], tokens[-1])
         after_newline = tokens[-1] in self._newline_ids
@@ -190,7 +197,7 @@ class SpeculativeDrafter:
             self.stats.retrieval_skipped += 1
             return []
         started = time.perf_counter()
-        drafts = [draft for source in self.retrieval for draft in self._ask(source, tokens)]
+        drafts = [draft for source in self._sources for draft in self._ask(source, tokens)]
         self.stats.retrieval_seconds += time.perf_counter() - started
         if not drafts:
             self._miss_bigrams.add(bigram)

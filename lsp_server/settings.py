@@ -88,7 +88,7 @@ class Settings:
     genguard: bool = field(default=True, metadata={"check": _boolean})
     """Stop at the logical end of the code with the learned GenGuard head (when one fits the model)."""
     general_corpus: bool = field(default=True, metadata={"check": _boolean})
-    """Draft from general code too (this Python's standard library, indexed once in the background)."""
+    """Draft from general code too: the code of the toolchains installed here, in the document's language (indexed once in the background)."""
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings whose change requires rebuilding the engine."""

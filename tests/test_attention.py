@@ -11,7 +11,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lsp_server.engine.attention import BLOCK, decoding_attention
-from lsp_server.engine.linear import RowInvariantLinear, install_row_invariant
+from lsp_server.engine.linear import PackedLinear, RowInvariantLinear, install_row_invariant, packing_works
 from lsp_server.engine.speculation.draft_tree import DraftTree
 from lsp_server.engine.speculation.verify import tree_attention_mask
 
@@ -115,15 +115,40 @@ def test_a_mask_hiding_cache_positions_takes_the_stock_path():
     assert torch.equal(ours, stock)
 
 
-def test_a_single_row_gets_the_bits_it_gets_among_others():
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_single_row_gets_the_bits_it_gets_among_others(pack, dtype):
     torch.manual_seed(0)
-    layer = torch.nn.Linear(4864, 896, bias=False).to(torch.bfloat16)
-    assert install_row_invariant(torch.nn.Sequential(layer)) == 1 and isinstance(layer, RowInvariantLinear)
-    rows = torch.randn(1, 16, 4864).to(torch.bfloat16)
+    layer = torch.nn.Linear(4864, 896, bias=False).to(dtype)
+    reference = layer.weight.detach().clone()
+    kernel = install_row_invariant(torch.nn.Sequential(layer), pack=pack)
+    assert kernel == ("packed" if pack and packing_works(dtype) else "plain")
+    assert isinstance(layer, PackedLinear if kernel == "packed" else RowInvariantLinear)
+    rows = torch.randn(1, 40, 4864).to(dtype)
     together = layer(rows)
+    expected = rows.float() @ reference.float().T
+    assert torch.allclose(together.float(), expected, atol=0.05 if dtype == torch.bfloat16 else 1e-3, rtol=0.02)
+    if kernel == "plain" and dtype == torch.float32:
+        pytest.skip("MKL's unpacked fp32 product varies with the row count: fp32 is bit-exact only packed")
     for index in range(16):
         assert torch.equal(layer(rows[:, index : index + 1]), together[:, index : index + 1])
         assert torch.equal(layer(rows[0, index]), together[0, index])  # a 1-D input keeps its shape
+    for size in (2, 3, 7, 17):
+        assert torch.equal(layer(rows[:, 5 : 5 + size]), together[:, 5 : 5 + size])
+
+
+def test_packing_keeps_a_weight_shared_with_the_embeddings_and_drops_the_others():
+    if not packing_works(torch.float32):
+        pytest.skip("no oneDNN weight packing in this PyTorch build")
+    embedding = torch.nn.Embedding(50, 8)
+    head, projection = torch.nn.Linear(8, 50, bias=False), torch.nn.Linear(8, 8)
+    head.weight = embedding.weight  # tied, as in Qwen2.5-Coder-0.5B
+    model = torch.nn.ModuleDict({"embed": embedding, "proj": projection, "head": head})
+    before = head(projection(embedding(torch.tensor([[1, 2, 3]])))).detach()
+    assert install_row_invariant(model) == "packed"
+    assert head.weight is embedding.weight and projection.weight.numel() == 0
+    assert (head.in_features, head.out_features) == (8, 50)
+    assert torch.allclose(head(projection(embedding(torch.tensor([[1, 2, 3]])))), before, atol=1e-5)
 
 
 def test_cpu_models_load_with_the_decoding_kernels(tiny_loaded):

@@ -41,8 +41,9 @@ def build_drafter(
     """
     cost = None
     if config.fixed_nodes is None:
-        vocab = loaded.model.get_output_embeddings().weight.shape[0]
-        cost = cost_model_for(decoder.verify, loaded.name, vocab, loaded.model.config._attn_implementation)
+        head = loaded.model.get_output_embeddings()
+        kernels = f"{loaded.model.config._attn_implementation}|{type(head).__name__}"  # packed or plain linears
+        cost = cost_model_for(decoder.verify, loaded.name, head.out_features, kernels)
     drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split)
     drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
     return drafter

@@ -1,37 +1,100 @@
-"""Linear layers whose result for a token does not depend on how many tokens share the pass.
+"""CPU linear layers: fast on few rows, and exact whatever the number of rows.
 
-On this CPU (PyTorch 2.13, oneDNN/MKL, bf16), a product with a single input row takes a
-matrix-vector kernel that splits the long inner dimension across threads; products of
-two rows or more take a matrix-matrix kernel that does not.  For Qwen2.5-Coder-0.5B's
-MLP down projection (4864 -> 896) the single-row result differs in the last bit for about
-a third of inputs, so a token decoded alone (plain greedy decoding) and the same token
-inside a verification tree got different hidden states, and bf16 speculation flipped
-greedy near-ties.  Computing a single row as two copies of it takes the matrix-matrix
-kernel, which gives every row the same bits whatever the row count (checked for 2 to 80
-rows); it costs nothing measurable (0.122 vs 0.130 ms for the down projection).
+Speed.  On a CPU, ``torch.nn.functional.linear`` in bf16 goes to oneDNN, which reorders
+the whole weight into its blocked layout on every call.  Decoding multiplies a few rows
+by every weight matrix of the model, so that reorder (a full extra read and write of
+the weights) costs more than the product itself.  The weights are therefore reordered
+once, at load time, and each call runs oneDNN's product on the packed weight.  Measured
+on the default model here (2 cores, bf16): a 1-token pass over the model body 55.7 ->
+35.4 ms, a 17-token tree pass 79.9 -> 49.7 ms, the LM head on 17 rows 19.9 -> 8.6 ms.
+The packed product gives the same bits as the unpacked one for a 300-row prompt.
+
+Exactness.  A product with a single input row takes a matrix-vector kernel that splits
+the long inner dimension across threads; products of two rows or more take a
+matrix-matrix kernel that does not.  For Qwen2.5-Coder-0.5B's MLP down projection
+(4864 -> 896) the single-row result differs in the last bit for a fifth to a third of
+inputs, so a token decoded alone (plain greedy decoding) and the same token inside a
+verification tree got different hidden states, and bf16 speculation flipped greedy
+near-ties.  A single row is therefore computed as two copies of it: every row then gets
+the same bits whatever the row count (checked for 2 to 2,100 rows, packed or not).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
+
+_PACK_ROWS_HINT = 16
+"""The row count oneDNN is told to expect when it picks the packed layout (a decoding pass)."""
+
+
+def _pairs(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``input`` as a 2-D matrix of at least two rows; True if a single row was doubled."""
+    rows = input.reshape(-1, input.shape[-1])
+    if rows.shape[0] == 1:
+        return torch.cat([rows, rows]), True
+    return rows, False
 
 
 class RowInvariantLinear(torch.nn.Linear):
-    """``nn.Linear`` that never hands its kernel a single row."""
+    """``nn.Linear`` that never hands its kernel a single row (where packing is not available)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.numel() != input.shape[-1]:
-            return super().forward(input)
-        row = input.reshape(1, -1)
-        out = torch.nn.functional.linear(torch.cat([row, row]), self.weight, self.bias)[:1]
-        return out.reshape(*input.shape[:-1], -1)
+        rows, doubled = _pairs(input)
+        out = torch.nn.functional.linear(rows, self.weight, self.bias)
+        return (out[:1] if doubled else out).reshape(*input.shape[:-1], self.out_features)
 
 
-def install_row_invariant(model: torch.nn.Module) -> int:
-    """Make every plain ``nn.Linear`` of ``model`` row-invariant, in place; returns how many."""
-    count = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
+class PackedLinear(torch.nn.Linear):
+    """``nn.Linear`` on a weight reordered once for oneDNN; single rows as two."""
+
+    packed: torch.Tensor
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        rows, doubled = _pairs(input)
+        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        return (out[:1] if doubled else out).reshape(*input.shape[:-1], self.out_features)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS_HINT)
+
+
+def packing_works(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch build can pack CPU weights of ``dtype`` and gets a correct product."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(48, 32, generator=generator).to(dtype)
+        rows = torch.randn(3, 32, generator=generator).to(dtype)
+        out = torch.ops.mkldnn._linear_pointwise(rows, _pack(weight), None, "none", [], "")
+        return bool(torch.allclose(out.float(), (rows.float() @ weight.float().T), atol=0.1, rtol=0.05))
+    except (RuntimeError, AttributeError) as exc:  # no oneDNN op, or no kernel for this dtype/CPU
+        log.info("oneDNN weight packing unavailable (%s): plain linear kernels", exc)
+        return False
+
+
+def install_row_invariant(model: torch.nn.Module, pack: bool = True) -> str:
+    """Make every plain ``nn.Linear`` of ``model`` row-invariant, in place, packed when ``pack``
+    and this build allows it; returns the kernel used ("packed" or "plain").
+
+    A packed layer drops its unpacked weight (the memory would double otherwise), except
+    a weight shared with another module (an LM head tied to the input embeddings).
+    """
+    linears = [module for module in model.modules() if type(module) is torch.nn.Linear]
+    dtype = linears[0].weight.dtype if linears else torch.float32
+    if not (pack and linears and packing_works(dtype)):
+        for module in linears:
             module.__class__ = RowInvariantLinear
-            count += 1
-    return count
+        return "plain"
+    shared = {id(p) for m in model.modules() if type(m) is not torch.nn.Linear for p in m.parameters(recurse=False)}
+    for module in linears:
+        module.packed = _pack(module.weight)
+        module.__class__ = PackedLinear
+        if id(module.weight) not in shared:
+            module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
+    return "packed"

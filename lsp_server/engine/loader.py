@@ -121,8 +121,9 @@ def load(
     if not tokenizer.is_fast:
         raise ModelLoadError(f"model {name!r} has no fast tokenizer (tokenizer.json), which is required")
     model.to(torch_device).eval()
+    kernels = "transformers"
     if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
-        linear.install_row_invariant(model)
+        kernels = f"{linear.install_row_invariant(model)} linear"
     seconds = time.perf_counter() - started
-    log.info("loaded %s on %s/%s in %.1fs", name, torch_device, torch_dtype, seconds)
+    log.info("loaded %s on %s/%s (%s) in %.1fs", name, torch_device, torch_dtype, kernels, seconds)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds)

@@ -45,9 +45,9 @@ def measure(verify: TreeVerifier, vocab: int, context_tokens: int = 512, repeats
     return VerifyCostModel.measure(run_pass, repeats)
 
 
-def cost_model_for(verify: TreeVerifier, model_name: str, vocab: int, attention: str) -> VerifyCostModel:
-    """The saved cost curve for this model/device/dtype/attention kernel, measuring it if there is none."""
-    key = hashlib.sha256(f"{model_name}|{verify.device}|{verify.dtype}|{attention}".encode()).hexdigest()[:16]
+def cost_model_for(verify: TreeVerifier, model_name: str, vocab: int, kernels: str) -> VerifyCostModel:
+    """The saved cost curve for this model/device/dtype/kernels, measuring it if there is none."""
+    key = hashlib.sha256(f"{model_name}|{verify.device}|{verify.dtype}|{kernels}".encode()).hexdigest()[:16]
     path = Path(cache_root()) / "calibration" / f"verify-cost-{key}.json"
     saved = VerifyCostModel.load(path)
     if saved is not None:

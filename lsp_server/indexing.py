@@ -29,6 +29,8 @@ class WorkspaceIndexer:
         self.service: DatastoreService | None = None
         self.root: Path | None = None
         self.use_client_watcher = False
+        self.general_enabled = True
+        """Whether documents bring in the general code of their language (the ``generalCorpus`` setting)."""
         self._build_general: Callable[[DatastoreService, str], None] = lambda _service, _name: None
 
     def attach(self, engine: CompletionEngine, root: Path | None,
@@ -58,7 +60,14 @@ class WorkspaceIndexer:
             return
         if (path := self._path(uri)) is not None:
             self.service.open_document(path, text)
-        if (corpus := self.service.want_general(detect_language(path, language_id or None))) is not None:
+        self.ask_general(uri, language_id)
+
+    def ask_general(self, uri: str, language_id: str = "") -> None:
+        """Load or build the general corpus of the document's language, once, if enabled."""
+        if self.service is None or not self.general_enabled:
+            return
+        language = detect_language(self._path(uri) or uri, language_id or None)
+        if (corpus := self.service.want_general(language)) is not None:
             self._build_general(self.service, corpus)
 
     def changed(self, uri: str, text: str) -> None:

@@ -135,8 +135,7 @@ class SwiftguardServer(LanguageServer):
         engine = self.host.engine
         if engine is not None and settings.speculation:
             build_general = partial(loop.call_soon_threadsafe, self._build_general_soon)
-            if not settings.general_corpus:
-                build_general = lambda _service, _corpus: None  # noqa: E731
+            self.indexer.general_enabled = settings.general_corpus
             await loop.run_in_executor(None, self.indexer.attach, engine, self.workspace_root(), build_general)
             for document in list(self.workspace.text_documents.values()):  # opened while loading
                 self.indexer.opened(document.uri, document.source, document.language_id or "")
@@ -191,6 +190,10 @@ class SwiftguardServer(LanguageServer):
         logging.getLogger("lsp_server").setLevel(self.settings.log_level.upper())
         if before.engine_key() != self.settings.engine_key() or before.enable != self.settings.enable:
             self.start_loading()
+        elif self.settings.general_corpus != before.general_corpus:
+            self.indexer.general_enabled = self.settings.general_corpus
+            for document in list(self.workspace.text_documents.values()):
+                self.indexer.ask_general(document.uri, document.language_id or "")
 
     def notify_user(self, message: str, kind: types.MessageType) -> None:
         log.log(logging.WARNING if kind <= types.MessageType.Warning else logging.INFO, "%s", message)

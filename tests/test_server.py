@@ -308,7 +308,7 @@ async def go_client(lsp_client: LanguageClient, tiny_model_dir, tmp_path):
         "package strings\n\nfunc (b *Builder) WriteQuokka(s string) {\n\tb.buf = appendQuokka(b.buf, s)\n}\n")
     await lsp_client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"), root_uri=tmp_path.as_uri(),
-        initialization_options={"model": str(tiny_model_dir), "dtype": "float32"},
+        initialization_options={"model": str(tiny_model_dir), "dtype": "float32", "generalCorpus": False},
     ))
     lsp_client.root = tmp_path
     await wait_for_state(lsp_client, "ready")
@@ -317,14 +317,18 @@ async def go_client(lsp_client: LanguageClient, tiny_model_dir, tmp_path):
 
 
 async def test_a_documents_language_brings_its_general_corpus(go_client: LanguageClient):
-    """Opening a Go file indexes the Go toolchain's code in the background; a plain-text
-    document with the same text gets no drafts from it."""
+    """With ``generalCorpus`` on, an open Go file gets the Go toolchain's code indexed in the
+    background; a plain-text document with the same text gets no drafts from it."""
     client = go_client
     text = "func (b *Builder) WriteQuokka(s string) {\n\tb.buf ="
     go_file = (client.root / "main.go").as_uri()
     open_document(client, text, go_file, "go")
+    await asyncio.sleep(1.0)  # a one-file corpus builds in milliseconds when it is asked for
+    assert (await status(client))["datastore"]["general_corpora"] == {}  # the setting is off
+    configure(client, generalCorpus=True)
     candidates = await retrieved(client, go_file, 1, 8, "appendQuokka")
     assert any(c["source"] == "general" and "appendQuokka" in c["text"] for c in candidates)
+    assert list((await status(client))["datastore"]["general_corpora"]) == ["go"]
     notes = (client.root / "notes.txt").as_uri()
     open_document(client, text, notes, "plaintext")
     result = await client.workspace_execute_command_async(

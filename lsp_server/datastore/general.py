@@ -68,7 +68,10 @@ def _node_roots() -> list[Path]:
 
 
 def _header_roots() -> list[Path]:
-    return _existing([Path("/usr/include"), Path("/usr/local/include")])
+    """System headers; on macOS the Command Line Tools' SDK and libc++, and Homebrew's."""
+    tools = Path("/Library/Developer/CommandLineTools")
+    return _existing([Path("/usr/include"), Path("/usr/local/include"), tools / "SDKs/MacOSX.sdk/usr/include",
+                      tools / "usr/include/c++/v1", Path("/opt/homebrew/include")])
 
 
 def _go_roots() -> list[Path]:

@@ -305,3 +305,18 @@ def test_a_service_that_does_not_persist_goes_idle_after_the_save_interval(tmp_p
         assert service.wait_idle(1)
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("layout", ["unix", "windows"])
+def test_node_corpus_is_found_next_to_the_node_binary(tmp_path, monkeypatch, layout):
+    if layout == "unix":
+        binary, modules = tmp_path / "bin" / "node", tmp_path / "lib" / "node_modules"
+    else:
+        binary, modules = tmp_path / "nodejs" / "node.exe", tmp_path / "nodejs" / "node_modules"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    (modules / "npm").mkdir(parents=True)
+    monkeypatch.setattr(general.shutil, "which", lambda name: str(binary) if name == "node" else None)
+    assert general.CORPORA["javascript"].roots() == [modules]
+    monkeypatch.setattr(general.shutil, "which", lambda name: None)
+    assert general.CORPORA["javascript"].roots() == []

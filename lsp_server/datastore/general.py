@@ -62,9 +62,13 @@ def _python_roots() -> list[Path]:
 
 
 def _node_roots() -> list[Path]:
-    """Node's global packages (npm, corepack), next to the ``node`` binary."""
+    """Node's global packages (npm, corepack), next to the ``node`` binary (``lib/node_modules``
+    on Unix, ``node_modules`` beside ``node.exe`` on Windows)."""
     node = shutil.which("node")
-    return _existing([Path(node).resolve().parent.parent / "lib" / "node_modules"]) if node else []
+    if not node:
+        return []
+    bin_dir = Path(node).resolve().parent
+    return _existing([bin_dir.parent / "lib" / "node_modules", bin_dir / "node_modules"])[:1]
 
 
 def _header_roots() -> list[Path]:

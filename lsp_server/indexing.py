@@ -66,8 +66,7 @@ class WorkspaceIndexer:
         """Load or build the general corpus of the document's language, once, if enabled."""
         if self.service is None or not self.general_enabled:
             return
-        language = detect_language(self._path(uri) or uri, language_id or None)
-        if (corpus := self.service.want_general(language)) is not None:
+        if (corpus := self.service.want_general(detect_language(uri, language_id))) is not None:
             self._build_general(self.service, corpus)
 
     def changed(self, uri: str, text: str) -> None:

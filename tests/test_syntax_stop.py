@@ -97,6 +97,7 @@ def test_unknown_language_only_trims_the_suffix():
     ("a/b.py", None, "python"), ("x.tsx", None, "tsx"), ("x.ts", None, "typescript"), ("m.go", None, "go"),
     ("a.hpp", None, "cpp"), ("lib.rs", None, "rust"), ("A.java", None, "java"), ("x.c", None, "c"),
     ("x.txt", "javascriptreact", "javascript"), ("x.unknown", None, None),
+    ("file:///home/me/my%20project/main.go", "", "go"), ("untitled:Untitled-1", None, None),
 ])
 def test_language_detection(path, language_id, expected):
     assert detect_language(path, language_id) == expected

@@ -215,7 +215,9 @@ class DatastoreService:
     def load_general(self, name: str = "python") -> bool:
         """Use corpus ``name``'s index from the cache if it was built; True if it was."""
         corpus = general.CORPORA[name]
-        roots = corpus.roots()
+        return self._load_cached(corpus, corpus.roots())
+
+    def _load_cached(self, corpus: general.Corpus, roots: list[Path]) -> bool:
         segment = general.load(general.cache_path(self.tokenizer_key, corpus, roots, self.general_budget)) \
             if roots else None
         if segment is not None:
@@ -232,7 +234,7 @@ class DatastoreService:
                                        or exclude.resolve().is_relative_to(root.resolve()) for root in roots):
             log.warning("general corpus %s is left out: it overlaps %s", name, exclude)
             return False
-        if self.load_general(name):
+        if self._load_cached(corpus, roots):
             return True
         files = [path for root in roots for path in general.corpus_files(root, corpus)]
         if not files:

@@ -22,7 +22,8 @@ from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
-from .stop_rules import StopRuleFactory, document_language
+from ..syntax import detect_language
+from .stop_rules import StopRuleFactory
 from .stopping import tidy_completion
 from .typeahead import TypeaheadCache
 
@@ -75,7 +76,7 @@ class LocalEngine:
             stats = CompletionStats(source="typeahead", seconds=time.perf_counter() - started)
             return CompletionResult(rest, stats)
         prompt = self.prompts.build(request.prefix, request.suffix, request.context_tokens)
-        language = document_language(request.document_key, request.language_id)
+        language = detect_language(request.document_key, request.language_id)
         rules = self.stop_rules.for_language(language)
         rules.begin(request.prefix, request.suffix)
         out = self.decoder.generate(prompt.ids, request.max_new_tokens, rules, cancel, self.drafter, language)
@@ -120,9 +121,7 @@ class LocalEngine:
         if self.drafter is None or not self.drafter.retrieval:
             return []
         context = self.encoders()[0](prefix[-4000:])
-        language = document_language(document_key, language_id)
-        sources = [source.for_language(language) if hasattr(source, "for_language") else source
-                   for source in self.drafter.retrieval]
+        sources = self.drafter.sources_for(detect_language(document_key, language_id))
         candidates = [c for source in sources for c in source.retrieve(context, 16, limit)]
         return [
             {"source": c.source, "text": self.loaded.tokenizer.decode(list(c.tokens)), "count": round(c.count, 3),

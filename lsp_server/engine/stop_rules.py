@@ -8,21 +8,14 @@ without GenGuard; documents in other languages fall back to the text-only baseli
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote, urlparse
 
 from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
-from ..syntax import SyntaxStop, detect_language
+from ..syntax import SyntaxStop
 from .loader import LoadedModel
 from .stopping import StopRules, baseline_rules
 
 log = logging.getLogger(__name__)
-
-
-def document_language(document_key: str, language_id: str) -> str | None:
-    """The grammar name of a request's document: its LSP languageId first, else its extension."""
-    path = unquote(urlparse(document_key).path) if document_key else None
-    return detect_language(path, language_id or None)
 
 
 class StopRuleFactory:

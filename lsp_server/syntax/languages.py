@@ -65,7 +65,8 @@ LANGUAGES: dict[str, LanguageSpec] = {
 
 
 def detect_language(path: str | None = None, language_id: str | None = None) -> str | None:
-    """The grammar name for a document, from its LSP languageId first, else its extension.
+    """The grammar name for a document, from its LSP languageId first, else the extension
+    of ``path`` (a file path or a document URI).
 
     ``.h`` maps to C++: a C++ grammar parses C headers well, the reverse is not true.
     """

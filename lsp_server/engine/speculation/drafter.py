@@ -169,9 +169,13 @@ class SpeculativeDrafter:
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
 
+    def sources_for(self, language: str | None) -> list[RetrievalSource]:
+        """The retrieval sources a request in ``language`` drafts from."""
+        return [source.for_language(language) if hasattr(source, "for_language") else source
+                for source in self.retrieval]
+
     def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
-        self._sources = [source.for_language(language) if hasattr(source, "for_language") else source
-                         for source in self.retrieval]
+        self._sources = self.sources_for(language)
         self._before, after = self.split_prompt(prompt)
         self._prompt_length = len(prompt)
         self._request_source = self.per_request(after) if self.per_request is not None else None

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--tasks", type=int, default=20)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--max-new-tokens", type=int, default=128)
-    bench.add_argument("--methods", default="ar,pld,swift", help="comma list: ar, pld, swift, swift-<ablation>")
+    bench.add_argument("--methods", default="ar,pld,swift", help="comma list: ar, pld, swift, swift-<ablation>, ar-stopstrings, ceiling (perfect drafts; after ar)")
     bench.add_argument("--stop", choices=("none", "syntax", "genguard"), default="none")
     bench.add_argument("--json", type=Path, help="write the report here")
     bench.add_argument("--plot", type=Path, help="write a PNG of per-task speed and accepted tokens per pass")

@@ -22,13 +22,13 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     subprocess.run(
         [sys.executable, "-m", "lsp_server", "--log-level", "warning", "bench", "--workspace", str(repo),
          "--tasks", "3", "--max-new-tokens", "12", "--model", str(tiny_model_dir), "--dtype", "float32",
-         "--methods", "ar,pld,swift,swift-fixed4,ar-stopstrings", "--json", str(report_path), "--plot", str(tmp_path / "plot.png")],
+         "--methods", "ar,pld,swift,swift-fixed4,ar-stopstrings,ceiling", "--json", str(report_path), "--plot", str(tmp_path / "plot.png")],
         check=True, capture_output=True, text=True, timeout=600,
     )
     report = json.loads(report_path.read_text())
     assert {"model", "device", "dtype", "tasks", "stop", "methods"} <= report.keys()
     assert report["tasks"] == 3 and report["dtype"] == "float32" and report["stop"] == "none"
-    for name in ("ar", "pld", "swift", "swift-fixed4"):
+    for name in ("ar", "pld", "swift", "swift-fixed4", "ceiling"):
         method = report["methods"][name]
         assert {"new_tokens", "seconds", "tokens_per_second", "forward_passes", "mean_accepted_per_pass",
                 "identical_to_ar", "pass_at_1"} <= method.keys()
@@ -36,6 +36,11 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     # fp32: the engine's output is plain greedy output, token for token.
     assert report["methods"]["swift"]["identical_to_ar"] == 1.0
     assert report["details"]["divergences"]["swift"] == []
+    # Drafts that are always right: ar's output in fewer passes than any real drafter needs.
+    ceiling = report["methods"]["ceiling"]
+    assert ceiling["identical_to_ar"] == 1.0
+    assert ceiling["forward_passes"] < report["methods"]["ar"]["forward_passes"]
+    assert ceiling["forward_passes"] <= report["methods"]["swift"]["forward_passes"]
     assert (tmp_path / "plot.png").stat().st_size > 0
     per_language = report["details"]["per_language"]
     assert per_language["python"]["tasks"] == 2 and per_language["javascript"]["tasks"] == 1

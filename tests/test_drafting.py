@@ -151,3 +151,37 @@ def test_drafter_learns_rates_per_source_and_match_length():
     # Once learned, the tree follows the reliable long match deep and nearly ignores the other.
     tree = drafter.draft(context)
     assert tree.tokens[:8] == truth[len(context) : len(context) + 8]
+
+
+class _CountingSource:
+    """Finds nothing, and counts how often it was asked."""
+
+    name = "repo"
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def retrieve(self, context, span=16, max_candidates=64):
+        self.asked += 1
+        return []
+
+
+def test_timing_control_skips_a_bigram_that_found_nothing_in_the_same_language():
+    source = _CountingSource()
+    drafter = SpeculativeDrafter(None, DrafterConfig(use_cache=False, use_recycling=False), retrieval=[source])
+    drafter.begin([1, 2, 3], "go")
+    drafter.draft([1, 2, 3, 4, 5])
+    drafter.draft([1, 2, 3, 7, 4, 5])  # same last bigram: the miss table skips the search
+    assert source.asked == 1 and drafter.stats.retrieval_skipped == 1
+    drafter.begin([1, 2, 3], "python")  # another language drafts from other sources: search again
+    drafter.draft([1, 2, 3, 4, 5])
+    assert source.asked == 2
+    drafter.begin([1, 2, 3], "go")
+    drafter.draft([1, 2, 3, 4, 5])
+    assert source.asked == 2 and drafter.stats.retrieval_skipped == 2
+    plain = SpeculativeDrafter(None, DrafterConfig(use_cache=False, use_recycling=False, timing_control=False),
+                               retrieval=[source])
+    plain.begin([1, 2, 3])
+    plain.draft([1, 2, 3, 4, 5])
+    plain.draft([1, 2, 3, 4, 5])
+    assert source.asked == 4

@@ -7,6 +7,11 @@
   ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
   component off (``nocache``, ``norecycle``, ``notiming``, ``fixed16``...).
+- ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
+  drafts the true next tokens as one chain, as many as this device's verify-cost curve
+  says pay.  No real drafter can do better with this verifier, so it shows how much of a
+  gap to a target is drafting and how much is the hardware (the prompt's prefill, the
+  cost of a bigger pass).
 
 Every method sees the same prompt ids and (but ``ar-stopstrings``) the same stop rule,
 applied as it decodes.
@@ -22,11 +27,14 @@ from typing import Any
 import torch
 from transformers import StopStringCriteria, StoppingCriteria, StoppingCriteriaList
 
-from ..engine.completer import build_drafter
+from ..engine.completer import build_drafter, verify_cost_model
 from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
 from ..engine.prompt import PromptBuilder
+from ..engine.speculation.budget import OnlineCost, best_prefix
+from ..engine.speculation.draft_tree import DraftTree
 from ..engine.speculation.drafter import DrafterConfig, RetrievalSource
+from ..engine.speculation.verify import Verified
 from ..stop_rule import StopRule
 
 
@@ -200,6 +208,51 @@ class SwiftMethod:
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
             language: str = "python") -> MethodRun:
+        out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter, language)
+        return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
+                         out.token_ids, out.time_to_first_token)
+
+
+class _KnownOutputDrafter:
+    """Implements ``decoding.Drafter`` for ``ceiling``: drafts the known output's next
+    tokens as one chain, sized by the verify-cost curve for drafts that are always right."""
+
+    def __init__(self, cost: OnlineCost, max_nodes: int = 64) -> None:
+        self.cost = cost
+        self.max_nodes = max_nodes
+        self.output: list[int] = []
+        self._prompt_length = 0
+
+    def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
+        self._prompt_length = len(prompt)
+
+    def draft(self, tokens: Sequence[int]) -> DraftTree:
+        done = len(tokens) - self._prompt_length
+        chain = self.output[done : done + self.max_nodes]
+        chain = chain[: best_prefix([1.0] * len(chain), self.cost, self.max_nodes)]
+        return DraftTree(list(chain), list(range(-1, len(chain) - 1)), list(range(1, len(chain) + 1)),
+                         [1.0] * len(chain), [frozenset({"known"})] * len(chain))
+
+    def observe(self, tokens: Sequence[int], tree: DraftTree, verified: Verified, seconds: float) -> None:
+        if len(tokens) > self._prompt_length:
+            self.cost.observe(len(tree), seconds)
+
+    def finish(self, prompt: Sequence[int], generated: Sequence[int]) -> None:
+        pass
+
+
+class CeilingMethod:
+    """``ceiling``: the verifier with perfect drafts; ``reference`` gives ``ar``'s run of
+    the current task (ar runs first for every task)."""
+
+    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], reference: Callable[[], MethodRun]) -> None:
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
+        self.drafter = _KnownOutputDrafter(OnlineCost(verify_cost_model(loaded, self.decoder)))
+        self.reference = reference
+
+    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
+            language: str = "python") -> MethodRun:
+        self.drafter.output = self.reference().token_ids
         out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter, language)
         return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
                          out.token_ids, out.time_to_first_token)

@@ -25,7 +25,7 @@ from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
 from ..syntax import SyntaxStop
 from . import humaneval
-from .methods import ABLATIONS, GenerateMethod, MethodRun, SwiftMethod
+from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
 
@@ -79,7 +79,9 @@ class _Retrieval:
         return self.service.stats()
 
 
-def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: _Retrieval) -> dict[str, Any]:
+def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: _Retrieval,
+             runs: dict[str, list[MethodRun]]) -> dict[str, Any]:
+    """The methods by name, in run order; ``runs`` is where the run records their results."""
     methods: dict[str, Any] = {}
     for name in names:
         if name == "ar":
@@ -93,8 +95,12 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
             if ablation not in ABLATIONS:
                 raise SystemExit(f"unknown method {name!r}; ablations: {', '.join(a for a in ABLATIONS if a)}")
             methods[name] = SwiftMethod(loaded, stop_ids, ablation, [retrieval.service.datastore])
+        elif name == "ceiling":
+            if "ar" not in methods:
+                raise SystemExit("method 'ceiling' drafts ar's output: list ar before it")
+            methods[name] = CeilingMethod(loaded, stop_ids, lambda: runs["ar"][-1])
         else:
-            raise SystemExit(f"unknown method {name!r} (ar, pld, ar-stopstrings, swift, swift-<ablation>)")
+            raise SystemExit(f"unknown method {name!r} (ar, pld, ar-stopstrings, swift, swift-<ablation>, ceiling)")
     return methods
 
 
@@ -154,13 +160,13 @@ def run(args: Any) -> dict[str, Any]:
     builder = PromptBuilder(loaded.tokenizer)
     retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve(),
                            {task.language for task in tasks if task.language})
-    methods = _methods(names, loaded, builder.stop_ids, retrieval)
+    runs: dict[str, list[MethodRun]] = {name: [] for name in names}
+    methods = _methods(names, loaded, builder.stop_ids, retrieval, runs)
     guard = None
     if args.stop == "genguard":
         guard, reason = load_guard(loaded.name, loaded.model.config.hidden_size, loaded.tokenizer)
         if guard is None:
             raise SystemExit(f"--stop genguard: {reason}")
-    runs: dict[str, list[MethodRun]] = {name: [] for name in names}
     per_task: list[dict[str, Any]] = []
     from tqdm import tqdm
 
@@ -191,9 +197,11 @@ def run(args: Any) -> dict[str, Any]:
     details: dict[str, Any] = {"per_task": per_task, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                                "datastore": retrieval.stats()}
     for name, method in methods.items():
-        if isinstance(method, SwiftMethod):
+        if isinstance(method, (SwiftMethod, CeilingMethod)):
             accepted = [n for r in runs[name] for n in r.accepted_per_pass]
-            details[name] = {"drafter": method.drafter.stats.as_json(), "accepted_histogram": dict(sorted(Counter(accepted).items()))}
+            details[name] = {"accepted_histogram": dict(sorted(Counter(accepted).items()))}
+            if isinstance(method, SwiftMethod):
+                details[name]["drafter"] = method.drafter.stats.as_json()
     if reference is not None:
         details["divergences"] = {
             name: [dict(task_id=t.task_id, **d) for t, p, a, r in zip(tasks, prompts, reference, runs[name])

@@ -99,10 +99,6 @@ class Datastore:
         self.sources = tuple(sources)
         self.by_language: MutableMapping[str, DraftSource] = by_language if by_language is not None else {}
 
-    def with_sources(self, *extra: DraftSource) -> Datastore:
-        """This datastore plus per-request sources (e.g. a :class:`ContextSource`)."""
-        return Datastore((*self.sources, *extra), self.by_language)
-
     def for_language(self, language: str | None) -> Datastore:
         """The sources for one document: the shared ones and, if any, its language's own."""
         own = self.by_language.get(language) if language else None

@@ -20,6 +20,7 @@ from ..datastore.types import Encode, EncodeBatch
 from .decoding import Decoder
 from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
+from .speculation.budget import VerifyCostModel
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
 from ..syntax import detect_language
@@ -31,6 +32,13 @@ from .typeahead import TypeaheadCache
 log = logging.getLogger(__name__)
 
 
+def verify_cost_model(loaded: LoadedModel, decoder: Decoder) -> VerifyCostModel:
+    """This device's verify-cost curve for the loaded model and its kernels (measured once)."""
+    head = loaded.model.get_output_embeddings()
+    kernels = f"{loaded.model.config._attn_implementation}|{type(head).__name__}"  # packed or plain linears
+    return cost_model_for(decoder.verify, loaded.name, head.out_features, kernels)
+
+
 def build_drafter(
     loaded: LoadedModel, decoder: Decoder, prompts: PromptBuilder, config: DrafterConfig,
     retrieval: Sequence[Any] = (),
@@ -40,11 +48,7 @@ def build_drafter(
     Its tree size follows this device's verify-cost curve (measured once, then read from the
     cache) unless ``config`` fixes it; prompt lookup covers the request's own text.
     """
-    cost = None
-    if config.fixed_nodes is None:
-        head = loaded.model.get_output_embeddings()
-        kernels = f"{loaded.model.config._attn_implementation}|{type(head).__name__}"  # packed or plain linears
-        cost = cost_model_for(decoder.verify, loaded.name, head.out_features, kernels)
+    cost = verify_cost_model(loaded, decoder) if config.fixed_nodes is None else None
     drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split)
     drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
     return drafter

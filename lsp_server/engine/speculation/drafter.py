@@ -157,7 +157,9 @@ class SpeculativeDrafter:
         self._top_guess: dict[tuple[str, int], int] = {}
         self._new_follows: list[_Follow] = []
         self._follows: list[_Follow] = []
+        self._misses_by_language: dict[str | None, set[tuple[int, int]]] = {}
         self._miss_bigrams: set[tuple[int, int]] = set()
+        """The miss table of the current request's language: its sources are not another language's."""
         self._newline_ids: frozenset[int] = frozenset()
         self._newline_hits = [1.0, 2.0]  # (useful, tried) for retrievals right after a newline
         self.split_prompt = split_prompt or (lambda prompt: (list(prompt), []))
@@ -176,6 +178,7 @@ class SpeculativeDrafter:
 
     def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
         self._sources = self.sources_for(language)
+        self._miss_bigrams = self._misses_by_language.setdefault(language, set())
         self._before, after = self.split_prompt(prompt)
         self._prompt_length = len(prompt)
         self._request_source = self.per_request(after) if self.per_request is not None else None

@@ -156,3 +156,41 @@ def test_special_token_text_in_a_file_is_not_a_control_token(tiny_loaded):
     prompt = builder.build("s = '<|fim_middle|>'\n", "", 256)
     fim_middle = tiny_loaded.tokenizer.convert_tokens_to_ids("<|fim_middle|>")
     assert prompt.ids.count(fim_middle) == 1 and prompt.ids[-1] == fim_middle
+
+
+def test_growing_cache_writes_in_place_and_holds_what_concatenation_holds():
+    from transformers import DynamicCache
+
+    from lsp_server.engine.kv_cache import new_cache
+    from lsp_server.engine.speculation.verify import keep_cache_positions
+
+    torch.manual_seed(0)
+    grown, plain = new_cache(), DynamicCache()
+
+    def update(n: int) -> None:
+        keys = torch.randn(1, 2, n, 4)
+        for cache in (grown, plain):
+            cache.update(keys, keys * 2, 0)
+
+    def same() -> None:
+        assert torch.equal(grown.layers[0].keys, plain.layers[0].keys)
+        assert torch.equal(grown.layers[0].values, plain.layers[0].values)
+
+    update(5)
+    buffer = grown.layers[0].keys.data_ptr()
+    update(1)
+    update(3)
+    assert grown.layers[0].keys.data_ptr() == buffer  # appended in place, not copied
+    same()
+    update(700)  # past the spare room: the buffer grows once
+    same()
+    for cache in (grown, plain):
+        cache.crop(-4)
+        keep_cache_positions(cache, 700, [1, 3])
+    update(2)
+    same()
+    for layer in (grown.layers[0], plain.layers[0]):  # replaced from outside: adopted
+        layer.keys, layer.values = layer.keys + 1, layer.values - 1
+    update(3)
+    same()
+    assert grown.get_seq_length() == plain.get_seq_length() == 707

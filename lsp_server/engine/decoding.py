@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from .kv_cache import new_cache
 from .kv_reuse import PrefixKVCache
 from .speculation.draft_tree import DraftTree
 from .speculation.verify import TreeVerifier, Verified
@@ -110,7 +111,7 @@ class Decoder:
         """Decode greedily after ``prompt`` until a stop token, a stop rule or the budget;
         ``language`` (the document's) lets the drafter pick its sources."""
         started = time.perf_counter()
-        cache, reused = self.kv.take(prompt) if self.reuse_kv else (DynamicCache(), 0)
+        cache, reused = self.kv.take(prompt) if self.reuse_kv else (new_cache(), 0)
         fed: list[int] = list(prompt[:reused])  # exactly the tokens whose keys/values are in ``cache``
         pending: list[int] = list(prompt[reused:])
         generated: list[int] = []

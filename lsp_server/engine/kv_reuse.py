@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from transformers import DynamicCache
 
+from .kv_cache import new_cache
+
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     limit = min(len(a), len(b))
@@ -38,7 +40,7 @@ class PrefixKVCache:
         cache = self._cache
         self._ids, self._cache = [], None
         if cache is None or reuse <= 0:
-            return DynamicCache(), 0
+            return new_cache(), 0
         extra = cache.get_seq_length() - reuse
         if extra > 0:
             cache.crop(-extra)

@@ -220,7 +220,7 @@ class SampleBuilder:
         return site.text[site.function.start if self.standalone else 0 : site.cursor]
 
     def teacher(self, site: Site) -> Sample | None:
-        from transformers import DynamicCache
+        from ..engine.kv_cache import new_cache
 
         cursor = site.cursor
         cont = site.text[cursor : site.function.cut + 3000]
@@ -231,7 +231,7 @@ class SampleBuilder:
             return None
         ids = encoded["input_ids"][: inside + self.after_tokens]
         prompt = self._prompt(self._prefix(site))
-        states = self.decoder.hidden_states(prompt + ids, DynamicCache())
+        states = self.decoder.hidden_states(prompt + ids, new_cache())
         features = states[len(prompt) - 1 : len(prompt) - 1 + len(ids)].float().cpu().numpy().astype(np.float16)
         labels = np.array([0] * inside + [1] * (len(ids) - inside), dtype=np.uint8)
         return Sample(site, "teacher", features, labels, np.array(ids, dtype=np.int32))

@@ -11,9 +11,9 @@ import logging
 import random
 from pathlib import Path
 
-from transformers import DynamicCache
 
 from ...paths import cache_root
+from ..kv_cache import new_cache
 from .budget import VerifyCostModel
 from .draft_tree import DraftTree
 from .verify import TreeVerifier
@@ -34,7 +34,7 @@ def _random_tree(size: int, vocab: int, rng: random.Random) -> DraftTree:
 def measure(verify: TreeVerifier, vocab: int, context_tokens: int = 512, repeats: int = 3) -> VerifyCostModel:
     """Time verification passes over a ``context_tokens``-long cache for each tree size."""
     rng = random.Random(0)
-    cache = DynamicCache()
+    cache = new_cache()
     verify(cache, [rng.randrange(vocab) for _ in range(context_tokens)], DraftTree.empty())
     base = cache.get_seq_length()
 

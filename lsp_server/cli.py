@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--stop", choices=("none", "syntax", "genguard"), default="none")
     bench.add_argument("--json", type=Path, help="write the report here")
     bench.add_argument("--plot", type=Path, help="write a PNG of per-task speed and accepted tokens per pass")
+    bench.add_argument("--check-exact", action="store_true",
+                       help="re-decode every verified tree token by token and compare hidden states bit for bit "
+                            "(slow; its time is left out of the timings)")
     _add_model_options(bench)
 
     add_index_parser(commands)

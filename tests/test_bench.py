@@ -22,7 +22,7 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     subprocess.run(
         [sys.executable, "-m", "lsp_server", "--log-level", "warning", "bench", "--workspace", str(repo),
          "--tasks", "3", "--max-new-tokens", "12", "--model", str(tiny_model_dir), "--dtype", "float32",
-         "--methods", "ar,pld,swift,swift-fixed4,ar-stopstrings,ceiling", "--json", str(report_path), "--plot", str(tmp_path / "plot.png")],
+         "--methods", "ar,pld,swift,swift-fixed4,ar-stopstrings,ceiling", "--json", str(report_path), "--plot", str(tmp_path / "plot.png"), "--check-exact"],
         check=True, capture_output=True, text=True, timeout=600,
     )
     report = json.loads(report_path.read_text())
@@ -51,3 +51,8 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     assert 0 < swift["first_token_seconds"] < swift["seconds"] and swift["decode_speedup_over_ar"] > 0
     assert report["methods"]["ar"]["decode_speedup_over_ar"] == 1.0
     assert "rates_by_match_length" in report["details"]["swift"]["drafter"]
+    # --check-exact: every method with trees reports its check (fp32 here: reported, not asserted bit-exact;
+    # swift may find trees not worth it on a noisy machine, a fixed tree size always drafts).
+    checks = {name: report["details"][name]["exactness"] for name in ("swift", "swift-fixed4", "ceiling")}
+    assert checks["swift-fixed4"]["checked_passes"] > 0 and checks["ceiling"]["checked_passes"] > 0
+    assert all("mismatched_passes" in check for check in checks.values())

@@ -223,3 +223,39 @@ def test_keep_cache_positions_moves_the_accepted_path_down():
     torch.testing.assert_close(layer.values, -expected)
     keep_cache_positions(cache, start=7, offsets=[0])  # a prefix: just cut
     assert cache.get_seq_length() == 8
+
+
+def test_exactness_check_finds_no_difference_in_bf16_and_flags_a_corrupted_pass(tiny_loaded_bf16):
+    """``bench --check-exact``: every tree pass re-decoded token by token, bit for bit."""
+    from lsp_server.bench.exactness import CheckedVerifier
+
+    prompt = _prompt(tiny_loaded_bf16, "".join(f"value_{n} = compute(value_{n - 1}, {n})\n" for n in range(30)))
+    plain = _decoder(tiny_loaded_bf16).generate(prompt, 40)
+    decoder = _decoder(tiny_loaded_bf16)
+    checked = decoder.verify = CheckedVerifier(decoder.verify)
+    vocab = tiny_loaded_bf16.model.config.vocab_size
+    fast = decoder.generate(prompt, 40, drafter=ScriptedDrafter(prompt + plain.token_ids, "partly", vocab))
+    assert fast.token_ids == plain.token_ids
+    assert checked.checked_passes > 5 and checked.report()["mismatched_passes"] == 0
+
+    class Corrupting:
+        """A verifier whose tree passes return slightly wrong hidden states."""
+
+        def __init__(self, verify):
+            self.verify = verify
+
+        def __getattr__(self, name):
+            return getattr(self.verify, name)
+
+        def __call__(self, cache, pending, tree):
+            result = self.verify(cache, pending, tree)
+            if len(tree):
+                result.hidden = result.hidden * 1.01
+            return result
+
+    decoder = _decoder(tiny_loaded_bf16)
+    checked = decoder.verify = CheckedVerifier(Corrupting(decoder.verify))
+    decoder.generate(prompt, 40, drafter=ScriptedDrafter(prompt + plain.token_ids, "partly", vocab))
+    report = checked.report()
+    assert report["mismatched_passes"] == report["checked_passes"] > 0
+    assert report["first_mismatches"][0]["rows_differing"]

@@ -196,6 +196,16 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+def _run_decoder(decoder: Decoder, drafter: Any, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
+                 language: str) -> MethodRun:
+    """One completion with this engine's decoder; time spent by ``--check-exact`` is left out."""
+    checked = getattr(decoder.verify, "seconds", 0.0)
+    out = decoder.generate(prompt, max_new_tokens, rule, None, drafter, language)
+    seconds = out.seconds - (getattr(decoder.verify, "seconds", 0.0) - checked)
+    return MethodRun(out.text, len(out.token_ids), seconds, out.forward_passes, out.accepted_per_pass,
+                     out.token_ids, out.time_to_first_token)
+
+
 class SwiftMethod:
     """This engine's decoder; one drafter for the whole run, as in an editor session."""
 
@@ -208,9 +218,7 @@ class SwiftMethod:
 
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
             language: str = "python") -> MethodRun:
-        out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter, language)
-        return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
-                         out.token_ids, out.time_to_first_token)
+        return _run_decoder(self.decoder, self.drafter, prompt, max_new_tokens, rule, language)
 
 
 class _KnownOutputDrafter:
@@ -253,6 +261,4 @@ class CeilingMethod:
     def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
             language: str = "python") -> MethodRun:
         self.drafter.output = self.reference().token_ids
-        out = self.decoder.generate(prompt, max_new_tokens, rule, None, self.drafter, language)
-        return MethodRun(out.text, len(out.token_ids), out.seconds, out.forward_passes, out.accepted_per_pass,
-                         out.token_ids, out.time_to_first_token)
+        return _run_decoder(self.decoder, self.drafter, prompt, max_new_tokens, rule, language)

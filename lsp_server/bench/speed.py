@@ -25,6 +25,7 @@ from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
 from ..syntax import SyntaxStop
 from . import humaneval
+from .exactness import CheckedVerifier
 from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
@@ -162,6 +163,10 @@ def run(args: Any) -> dict[str, Any]:
                            {task.language for task in tasks if task.language})
     runs: dict[str, list[MethodRun]] = {name: [] for name in names}
     methods = _methods(names, loaded, builder.stop_ids, retrieval, runs)
+    if args.check_exact:
+        for method in methods.values():
+            if isinstance(method, (SwiftMethod, CeilingMethod)):
+                method.decoder.verify = CheckedVerifier(method.decoder.verify)
     guard = None
     if args.stop == "genguard":
         guard, reason = load_guard(loaded.name, loaded.model.config.hidden_size, loaded.tokenizer)
@@ -202,6 +207,8 @@ def run(args: Any) -> dict[str, Any]:
             details[name] = {"accepted_histogram": dict(sorted(Counter(accepted).items()))}
             if isinstance(method, SwiftMethod):
                 details[name]["drafter"] = method.drafter.stats.as_json()
+            if isinstance(method.decoder.verify, CheckedVerifier):
+                details[name]["exactness"] = method.decoder.verify.report()
     if reference is not None:
         details["divergences"] = {
             name: [dict(task_id=t.task_id, **d) for t, p, a, r in zip(tasks, prompts, reference, runs[name])

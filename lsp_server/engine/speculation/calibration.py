@@ -11,7 +11,6 @@ import logging
 import random
 from pathlib import Path
 
-
 from ...paths import cache_root
 from ..kv_cache import new_cache
 from .budget import VerifyCostModel

@@ -148,3 +148,17 @@ def test_stop_vote_inside_an_open_bracket_is_overruled_with_a_grammar():
     rule.language = "python"
     decision, _ = _feed(rule, tokens)
     assert decision.keep_chars == len("    return f(\n        a,\n    )\n")
+
+
+def test_stop_vote_right_after_a_local_assignment_is_overruled_with_a_grammar():
+    """Cutting after ``ordered = ...`` would return before the value is used (HumanEval/86 was lost
+    like this): with a grammar the vote is overruled, the line is kept and the rule goes on."""
+    tokens = [("    ordered", GO), (" = sorted(s)", GO), ("\n", GO), ("    #", STOP), (" join", STOP), ("\n", GO),
+              ("    return", GO), (" ordered", GO), ("\n", GO), ("x", STOP), ("\n", GO)]
+    decision, _ = _feed(_rule(), tokens)
+    assert decision.keep_chars == len("    ordered = sorted(s)\n")
+    rule = _rule()
+    rule.language = "python"
+    decision, _ = _feed(rule, tokens)
+    assert decision.keep_chars == len("    ordered = sorted(s)\n    # join\n    return ordered\n")
+

@@ -226,14 +226,63 @@ class SyntaxStop:
         return StopDecision(end, "syntax-closed")
 
 
+_LOCAL_DECLARATIONS = frozenset({
+    "lexical_declaration", "variable_declaration",  # JavaScript / TypeScript: const, let, var
+    "short_var_declaration", "var_declaration",  # Go
+    "let_declaration",  # Rust
+    "local_variable_declaration",  # Java
+})
+_ASSIGNMENTS = frozenset({
+    "assignment", "augmented_assignment",  # Python
+    "assignment_expression", "augmented_assignment_expression", "compound_assignment_expr",  # C-like, JS, Rust
+    "assignment_statement",  # Go
+})
+_NAMES = frozenset({"identifier", "expression_list", "pattern_list", "tuple_pattern"})
+
+
+def _ends_with_local_assignment(last: Node) -> bool:
+    """Whether the statement that ``last`` (the final token) ends gives a local variable a
+    value: ``total = 0``, ``let x = f()``, ``n += 1``, ``x := y``, ``int x = 1;``.
+
+    Code that stops there computed a value for code not written yet (Go refuses to compile
+    an unused local; linters call it a dead store), so the answer is unfinished.  Stores
+    with side effects (``self.x = 1``, ``items[i] = v``, ``obj.field = v``) are not.
+    """
+    node: Node | None = last
+    while node is not None:
+        if node.type == "expression_statement":
+            inner = node.named_children
+            return bool(inner) and _is_local_store(inner[0])
+        if node.type in _LOCAL_DECLARATIONS or node.type in _ASSIGNMENTS or node.type == "declaration":
+            return _is_local_store(node)
+        if node.type.endswith(("statement", "block", "body")):
+            return False  # a return, a loop, a block: not a store
+        node = node.parent
+    return False
+
+
+def _is_local_store(node: Node) -> bool:
+    if node.type in _LOCAL_DECLARATIONS:
+        return True
+    if node.type == "declaration":  # C/C++: a local with a value (not a prototype)
+        return any(child.type == "init_declarator" for child in node.named_children)
+    if node.type not in _ASSIGNMENTS:
+        return False
+    target = node.child_by_field_name("left")
+    if target is None or target.type not in _NAMES:
+        return False
+    return target.type == "identifier" or all(child.type == "identifier" for child in target.named_children)
+
+
 def unfinished(text: str, language: str | None) -> bool:
     """Whether ``text`` (a completion, from the cursor on) cannot be the whole answer yet.
 
     GenGuard's veto, for the learned rule's worst mistakes: a "stop" with no code written
-    yet (only blanks or comments), inside ``foo(a,`` or an unterminated string, or right
-    after a Python block header (``while x:`` with no body).  Only the output is parsed;
-    brackets the prefix opened (the function's own ``{``) make the count negative, never
-    positive.
+    yet (only blanks or comments), inside ``foo(a,`` or an unterminated string, right
+    after a Python block header (``while x:`` with no body), or right after a value was
+    given to a local variable (``_ends_with_local_assignment``).  Only the output is
+    parsed; brackets the prefix opened (the function's own ``{``) make the count negative,
+    never positive.
     """
     if language not in LANGUAGES:
         return False
@@ -256,4 +305,4 @@ def unfinished(text: str, language: str | None) -> bool:
         return True  # nothing but blanks and comments
     if not LANGUAGES[language].braces and (last.type == ":" or data.rstrip().endswith(b"\\")):
         return True  # a block header without its body, or a continued line
-    return depth > 0
+    return depth > 0 or _ends_with_local_assignment(last)

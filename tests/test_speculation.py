@@ -259,3 +259,29 @@ def test_exactness_check_finds_no_difference_in_bf16_and_flags_a_corrupted_pass(
     report = checked.report()
     assert report["mismatched_passes"] == report["checked_passes"] > 0
     assert report["first_mismatches"][0]["rows_differing"]
+
+
+def test_exactness_check_time_is_kept_from_the_drafter_that_sizes_trees(tiny_loaded_bf16):
+    """A drafter sizes its trees by how long passes take: checking must not make trees look costly."""
+    import time
+
+    from lsp_server.bench.exactness import install_check
+
+    prompt = _prompt(tiny_loaded_bf16, "".join(f"value_{n} = compute(value_{n - 1}, {n})\n" for n in range(5)))
+    plain = _decoder(tiny_loaded_bf16).generate(prompt, 20)
+    drafter = ScriptedDrafter(prompt + plain.token_ids, "partly", tiny_loaded_bf16.model.config.vocab_size)
+    observed = []
+    scripted_observe = drafter.observe
+
+    def record(tokens, tree, verified, seconds):
+        observed.append(seconds)
+        scripted_observe(tokens, tree, verified, seconds)
+
+    drafter.observe = record
+    decoder = _decoder(tiny_loaded_bf16)
+    checker = install_check(decoder, drafter)
+    compare = checker._compare
+    checker._compare = lambda *args: (time.sleep(0.3), compare(*args))
+    decoder.generate(prompt, 20, drafter=drafter)
+    assert checker.checked_passes > 0 and checker.seconds >= 0.3 * checker.checked_passes
+    assert max(observed) < 0.3

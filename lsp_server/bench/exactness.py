@@ -34,21 +34,25 @@ class CheckedVerifier:
         self.examples: list[dict[str, Any]] = []
         self.seconds = 0.0
         """Time spent checking, for the caller to leave out of its timings."""
+        self.last_seconds = 0.0
+        """Of that, the time spent in the latest call."""
         self._keep = keep
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.verify, name)
 
     def __call__(self, cache: DynamicCache, pending: list[int], tree: DraftTree) -> Verified:
+        self.last_seconds = 0.0
         if not len(tree):
             return self.verify(cache, pending, tree)
         started = time.perf_counter()
         before = copy.deepcopy(cache)
-        self.seconds += time.perf_counter() - started
+        self.last_seconds += time.perf_counter() - started
         result = self.verify(cache, pending, tree)
         started = time.perf_counter()
         self._compare(before, pending, tree, result)
-        self.seconds += time.perf_counter() - started
+        self.last_seconds += time.perf_counter() - started
+        self.seconds += self.last_seconds
         return result
 
     @torch.inference_mode()
@@ -74,3 +78,17 @@ class CheckedVerifier:
     def report(self) -> dict[str, Any]:
         return {"checked_passes": self.checked_passes, "mismatched_passes": self.mismatched_passes,
                 "first_mismatches": self.examples, "check_seconds": round(self.seconds, 3)}
+
+
+def install_check(decoder: Any, drafter: Any) -> CheckedVerifier:
+    """Check every tree pass of ``decoder``; ``drafter`` (which sizes its trees by how long
+    passes take) is told each pass's time without the check's."""
+    checker = CheckedVerifier(decoder.verify)
+    decoder.verify = checker
+    observe = drafter.observe
+
+    def observe_without_check(tokens: Any, tree: DraftTree, verified: Verified, seconds: float) -> None:
+        observe(tokens, tree, verified, seconds - checker.last_seconds)
+
+    drafter.observe = observe_without_check
+    return checker

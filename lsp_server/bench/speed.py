@@ -25,7 +25,7 @@ from ..genguard import LoadedGuard, load_guard
 from ..stop_rule import StopRule
 from ..syntax import SyntaxStop
 from . import humaneval
-from .exactness import CheckedVerifier
+from .exactness import CheckedVerifier, install_check
 from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
@@ -166,7 +166,7 @@ def run(args: Any) -> dict[str, Any]:
     if args.check_exact:
         for method in methods.values():
             if isinstance(method, (SwiftMethod, CeilingMethod)):
-                method.decoder.verify = CheckedVerifier(method.decoder.verify)
+                install_check(method.decoder, method.drafter)
     guard = None
     if args.stop == "genguard":
         guard, reason = load_guard(loaded.name, loaded.model.config.hidden_size, loaded.tokenizer)

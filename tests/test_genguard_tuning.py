@@ -10,8 +10,9 @@ from lsp_server.genguard.train import (
     replay,
 )
 
-# Two lines of the requested code, then two lines of excess.
-PIECES = ["a = 1", "\n", "b = 2", "\n", "c = 3", "\n", "d = 4", "\n"]
+# Two lines of the requested code, then two lines of excess (calls: a stop right after a
+# local assignment would be overruled by the tree-sitter veto, whatever the threshold).
+PIECES = ["f(1)", "\n", "g(2)", "\n", "h(3)", "\n", "k(4)", "\n"]
 LABELS = [0, 0, 0, 0, 1, 1, 1, 1]
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lsp_server.bench.methods import cut_at_stop_string, stop_strings
+from lsp_server.bench.speed import _methods
 from lsp_server.bench.tasks import workspace_tasks
 
 GO = """package geo
@@ -68,3 +71,8 @@ def test_stop_strings_per_language_and_the_cut():
     assert stop_strings("cpp") == ["\n}"]
     assert cut_at_stop_string("    return x\n\n\ndef other():\n#", stop_strings("python")) == "    return x\n\n"
     assert cut_at_stop_string("return x", ["\n}"]) == "return x"
+
+
+def test_ceiling_needs_ar_before_it():
+    with pytest.raises(SystemExit, match="list ar before it"):
+        _methods(["ceiling"], None, frozenset(), None, {})

@@ -32,10 +32,11 @@ from ..engine.decoding import Decoder
 from ..engine.loader import LoadedModel
 from ..engine.prompt import PromptBuilder
 from ..engine.speculation.budget import OnlineCost, best_prefix
-from ..engine.speculation.draft_tree import DraftTree
+from ..engine.speculation.draft_tree import Draft, DraftTree, build_tree
 from ..engine.speculation.drafter import DrafterConfig, RetrievalSource
 from ..engine.speculation.verify import Verified
 from ..stop_rule import StopRule
+from .exactness import CheckedVerifier
 
 
 @dataclass
@@ -199,9 +200,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 def _run_decoder(decoder: Decoder, drafter: Any, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
                  language: str) -> MethodRun:
     """One completion with this engine's decoder; time spent by ``--check-exact`` is left out."""
-    checked = getattr(decoder.verify, "seconds", 0.0)
+    check = decoder.verify if isinstance(decoder.verify, CheckedVerifier) else None
+    checked_before = check.seconds if check is not None else 0.0
     out = decoder.generate(prompt, max_new_tokens, rule, None, drafter, language)
-    seconds = out.seconds - (getattr(decoder.verify, "seconds", 0.0) - checked)
+    seconds = out.seconds - (check.seconds - checked_before if check is not None else 0.0)
     return MethodRun(out.text, len(out.token_ids), seconds, out.forward_passes, out.accepted_per_pass,
                      out.token_ids, out.time_to_first_token)
 
@@ -236,10 +238,9 @@ class _KnownOutputDrafter:
 
     def draft(self, tokens: Sequence[int]) -> DraftTree:
         done = len(tokens) - self._prompt_length
-        chain = self.output[done : done + self.max_nodes]
-        chain = chain[: best_prefix([1.0] * len(chain), self.cost, self.max_nodes)]
-        return DraftTree(list(chain), list(range(-1, len(chain) - 1)), list(range(1, len(chain) + 1)),
-                         [1.0] * len(chain), [frozenset({"known"})] * len(chain))
+        chain = Draft(tuple(self.output[done : done + self.max_nodes]), 1.0, "known", continuation=1.0)
+        tree = build_tree([chain], self.max_nodes)
+        return tree.prefix(best_prefix(tree.probabilities, self.cost, self.max_nodes))
 
     def observe(self, tokens: Sequence[int], tree: DraftTree, verified: Verified, seconds: float) -> None:
         if len(tokens) > self._prompt_length:

@@ -34,9 +34,8 @@ log = logging.getLogger(__name__)
 
 def verify_cost_model(loaded: LoadedModel, decoder: Decoder) -> VerifyCostModel:
     """This device's verify-cost curve for the loaded model and its kernels (measured once)."""
-    head = loaded.model.get_output_embeddings()
-    kernels = f"{loaded.model.config._attn_implementation}|{type(head).__name__}"  # packed or plain linears
-    return cost_model_for(decoder.verify, loaded.name, head.out_features, kernels)
+    vocab = loaded.model.get_output_embeddings().out_features
+    return cost_model_for(decoder.verify, loaded.name, vocab, loaded.kernels)
 
 
 def build_drafter(

@@ -37,6 +37,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    kernels: str = "transformers"
+    """Which linear/attention kernels run the model: verify-cost curves are kept per kernel."""
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -121,9 +123,9 @@ def load(
     if not tokenizer.is_fast:
         raise ModelLoadError(f"model {name!r} has no fast tokenizer (tokenizer.json), which is required")
     model.to(torch_device).eval()
-    kernels = "transformers"
+    kernels = model.config._attn_implementation
     if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
-        kernels = f"{linear.install_row_invariant(model)} linear"
+        kernels += f", {linear.install_row_invariant(model)} linear"
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s/%s (%s) in %.1fs", name, torch_device, torch_dtype, kernels, seconds)
-    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds)
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds, kernels)

@@ -237,6 +237,7 @@ _ASSIGNMENTS = frozenset({
     "assignment_expression", "augmented_assignment_expression", "compound_assignment_expr",  # C-like, JS, Rust
     "assignment_statement",  # Go
 })
+_STORES = _LOCAL_DECLARATIONS | _ASSIGNMENTS | {"declaration"}  # C/C++ locals are plain declarations
 _NAMES = frozenset({"identifier", "expression_list", "pattern_list", "tuple_pattern"})
 
 
@@ -249,16 +250,14 @@ def _ends_with_local_assignment(last: Node) -> bool:
     with side effects (``self.x = 1``, ``items[i] = v``, ``obj.field = v``) are not.
     """
     node: Node | None = last
-    while node is not None:
-        if node.type == "expression_statement":
-            inner = node.named_children
-            return bool(inner) and _is_local_store(inner[0])
-        if node.type in _LOCAL_DECLARATIONS or node.type in _ASSIGNMENTS or node.type == "declaration":
-            return _is_local_store(node)
+    while node is not None and node.type not in _STORES:
+        if node.type == "expression_statement":  # the store is its expression
+            node = node.named_children[0] if node.named_children else None
+            break
         if node.type.endswith(("statement", "block", "body")):
             return False  # a return, a loop, a block: not a store
         node = node.parent
-    return False
+    return node is not None and _is_local_store(node)
 
 
 def _is_local_store(node: Node) -> bool:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from .datastore.cli import add_index_parser, run_index
+from .drafthead.cli import add_drafthead_parser, run_drafthead
 from .genguard.cli import add_genguard_parser, run_genguard
 from .settings import DTYPES, Settings
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_index_parser(commands)
     add_genguard_parser(commands)
+    add_drafthead_parser(commands)
 
     model = commands.add_parser("model", help="show or prepare the model")
     model.add_argument("action", choices=("info", "prepare"))
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_index(args)
     if args.command == "genguard":
         return run_genguard(args)
+    if args.command == "drafthead":
+        return run_drafthead(args)
     if args.command == "bench":
         from .bench import speed
 

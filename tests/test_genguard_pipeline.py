@@ -84,6 +84,23 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
     assert rule["samples"] == rule["early"] + rule["stopped"] + rule["missed"] + rule["no_excess"]
     assert 0 <= rule["stop_precision"] <= 1 and 0 <= result["tokens"]["recall"] <= 1
 
+    # The draft head trains on the same shards, through the main command line.
+    from lsp_server.cli import main as swiftguard
+    from lsp_server.drafthead.head import load_draft_head
+    from lsp_server.genguard.head import tokenizer_hash
+
+    draft_head = tmp_path / "draft.safetensors"
+    draft_report = tmp_path / "draft.json"
+    assert swiftguard(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
+                       "--width", "16", "--epochs", "2", "--holdout-fraction", "0.5", "--out", str(draft_head),
+                       "--report", str(draft_report)]) == 0
+    trained = json.loads(draft_report.read_text())
+    assert trained["depth"] == 2 and trained["pairs"] > 0 and set(trained["bigram_baseline"]) == {"generated", "teacher"}
+    from transformers import AutoTokenizer
+
+    head, info = load_draft_head(draft_head, 64, tokenizer_hash(AutoTokenizer.from_pretrained(tiny_model_dir)))
+    assert len(head.vocab) == 64 and info.training["heldout"]["teacher"][1]["step"] == 2
+
 
 def test_sites_are_capped_per_repository(tmp_path):
     from lsp_server.genguard.data import Source, collect_sites

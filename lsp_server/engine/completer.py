@@ -17,17 +17,18 @@ from ..api import CompletionRequest, CompletionResult, CompletionStats
 from ..datastore.service import hf_encoders, hf_tokenizer_key
 from ..datastore.sources import ContextSource
 from ..datastore.types import Encode, EncodeBatch
+from ..drafthead.head import find_draft_head
+from ..syntax import detect_language
 from .decoding import Decoder
 from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
 from .speculation.budget import VerifyCostModel
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
-from ..syntax import detect_language
+from .speculation.head_drafts import HeadProposer
 from .stop_rules import StopRuleFactory
 from .stopping import tidy_completion
 from .typeahead import TypeaheadCache
-
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,19 @@ def build_drafter(
     """The drafter an engine (or a bench method) speculates with.
 
     Its tree size follows this device's verify-cost curve (measured once, then read from the
-    cache) unless ``config`` fixes it; prompt lookup covers the request's own text.
+    cache) unless ``config`` fixes it; prompt lookup covers the request's own text; the
+    shipped draft head joins when one fits the model (``drafter.head_status`` says which).
     """
     cost = verify_cost_model(loaded, decoder) if config.fixed_nodes is None else None
-    drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split)
+    head, head_status = None, "draft head off"
+    if config.use_head:
+        found, head_status = find_draft_head(loaded.name, int(loaded.model.config.hidden_size), loaded.tokenizer)
+        if found is not None:
+            head = HeadProposer(found, loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings())
+        log.info("%s", head_status)
+    drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split,
+                                 head=head)
+    drafter.head_status = head_status
     drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
     return drafter
 
@@ -156,6 +166,7 @@ class LocalEngine:
         }
         if self.drafter is not None:
             data["drafter"] = self.drafter.stats.as_json()
+            data["draft_head"] = self.drafter.head_status
         return data
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .head import GuardHead, HeadError, HeadInfo, load_head, read_info, save_head, tokenizer_hash
+from .head import GuardHead, HeadError, HeadInfo, load_head, model_key, read_info, save_head, tokenizer_hash
 from .rule import GenGuardStop
 
 log = logging.getLogger(__name__)
@@ -24,27 +24,22 @@ log = logging.getLogger(__name__)
 HEADS_DIR = Path(__file__).parent / "heads"
 
 
-def _model_key(name: str) -> str:
-    """``Qwen/Qwen2.5-Coder-0.5B-Instruct`` and ``qwen2.5-coder-0.5b-instruct`` are the same model."""
-    return name.rstrip("/").split("/")[-1].lower()
-
-
 def head_path_for(model_name: str) -> Path:
     """Where the shipped head of ``model_name`` lives (whether or not it exists)."""
-    return HEADS_DIR / f"{_model_key(model_name)}.safetensors"
+    return HEADS_DIR / f"{model_key(model_name)}.safetensors"
 
 
 def find_head(model_name: str, hidden_size: int, tokenizer: Any, heads_dir: Path = HEADS_DIR,
               tokenizer_key: str | None = None) -> tuple[Path | None, str]:
     """The head file for this model and why (or why not): (path or None, a line for status)."""
-    key = _model_key(model_name)
+    key = model_key(model_name)
     for path in sorted(heads_dir.glob("*.safetensors")):
         try:
             info = read_info(path)
         except HeadError as exc:
             log.warning("%s", exc)
             continue
-        if _model_key(info.base_model) != key:
+        if model_key(info.base_model) != key:
             continue
         if info.hidden_size != hidden_size:
             return None, (f"GenGuard head {path.name} has hidden size {info.hidden_size}, "

@@ -35,6 +35,11 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(spec.encode("utf-8")).hexdigest()[:16]
 
 
+def model_key(name: str) -> str:
+    """``Qwen/Qwen2.5-Coder-0.5B-Instruct`` and ``qwen2.5-coder-0.5b-instruct`` are the same model."""
+    return name.rstrip("/").split("/")[-1].lower()
+
+
 @dataclass
 class HeadInfo:
     """What a head file says about itself (all stored as safetensors string metadata)."""

@@ -31,6 +31,9 @@ class Draft(NamedTuple):
     """How many trailing context tokens the source matched (0: not a suffix match)."""
     continuation: float = 0.8
     """The chance that each further token is right, given the ones before it were."""
+    masses: tuple[float, ...] = ()
+    """When given, the mass the draft puts on each of its tokens, instead of ``weight`` and
+    ``continuation``: for a source that ranks a whole tree of its own (the draft head)."""
 
 
 @dataclass
@@ -88,7 +91,7 @@ def build_tree(drafts: Iterable[Draft], max_nodes: int) -> DraftTree:
     """Merge calibrated drafts into a trie and keep the ``max_nodes`` most probable nodes.
 
     A draft puts ``weight`` on its first token and ``weight * continuation ** d`` on its
-    token ``d`` deeper: how likely the model is to follow it that far.  A node's
+    token ``d`` deeper (or its own ``masses``): how likely the model is to follow it that far.  A node's
     probability is the mass of all drafts through it, capped at 1, so a guess that several
     drafts agree on ranks high, a long match's draft reaches deep, and a child never
     outranks its parent.  Nodes come out parents-first.
@@ -96,9 +99,9 @@ def build_tree(drafts: Iterable[Draft], max_nodes: int) -> DraftTree:
     root = _TrieNode(token=-1)
     for draft in drafts:
         node, mass = root, draft.weight
-        for token in draft.tokens:
+        for depth, token in enumerate(draft.tokens):
             node = node.children.setdefault(token, _TrieNode(token))
-            node.mass += mass
+            node.mass += draft.masses[depth] if draft.masses else mass
             node.sources.add(draft.source)
             mass *= draft.continuation
     if max_nodes <= 0 or not root.children:

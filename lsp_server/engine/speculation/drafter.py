@@ -3,7 +3,9 @@
 Sources, cheapest and most model-specific first: the preference cache (what this model
 produced before), per-request sources (the prompt and the output so far) and retrieval
 sources (the repository and general-code datastores), then Token Recycling for when
-nothing matches.  Retrieval timing control (CodeSwift) skips datastore searches that are
+nothing matches, and the learned draft head (``head_drafts``): it guesses the token after
+the model's pending one from the pass's last hidden state, and recycled successors
+continue each guess.  Retrieval timing control (CodeSwift) skips datastore searches that are
 unlikely to pay: contexts whose last bigram found nothing before (the miss table) and,
 once they have proved poor, searches right after a newline.
 
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 
 from .budget import OnlineCost, VerifyCostModel, best_prefix
 from .draft_tree import Draft, DraftTree, build_tree
+from .head_drafts import HeadProposer
 from .preference_cache import PreferenceCache
 from .token_recycling import TokenRecycler
 from .verify import Verified
@@ -54,7 +57,8 @@ class Rate:
         self.trials = strength
         self.decay = decay
 
-    def update(self, hit: bool) -> None:
+    def update(self, hit: float) -> None:
+        """One observation: a hit (1) or miss (0), or a probability to average."""
         self.hits = self.hits * self.decay + hit
         self.trials = self.trials * self.decay + 1.0
 
@@ -130,6 +134,7 @@ class DrafterConfig:
     use_cache: bool = True
     use_recycling: bool = True
     timing_control: bool = True
+    use_head: bool = True
 
 
 class SpeculativeDrafter:
@@ -142,9 +147,11 @@ class SpeculativeDrafter:
         retrieval: Sequence[RetrievalSource] = (),
         per_request: Callable[[Sequence[int]], RetrievalSource] | None = None,
         split_prompt: Callable[[Sequence[int]], tuple[list[int], list[int]]] | None = None,
+        head: HeadProposer | None = None,
     ) -> None:
         """``per_request`` makes a source from the document text after the cursor (tokens);
-        ``split_prompt`` maps prompt ids to (text before the cursor, text after it) in tokens."""
+        ``split_prompt`` maps prompt ids to (text before the cursor, text after it) in tokens;
+        ``head`` is the learned draft head bound to the model, if one fits it."""
         self.cost = OnlineCost(cost) if cost is not None else None
         self.config = config or DrafterConfig()
         self.retrieval = list(retrieval)
@@ -167,6 +174,15 @@ class SpeculativeDrafter:
         self._sources: list[RetrievalSource] = []
         self._before: list[int] = []
         self._prompt_length = 0
+        self.head = head if self.config.use_head else None
+        self.head_status = "draft head off" if head is None else "draft head on"
+        """A line for ``swiftguard.status``; the engine's builder says which head or why none."""
+        self._head_state: tuple[Any, int] | None = None
+        """The last pass's final hidden state and the pending token it chose: the head's input."""
+        self._head_confidence = (Rate(0.5), Rate(0.5))
+        """The head's mean probability for its top first guess, and for its top chain's second
+        guess when the first was right: what its observed rates rescale it against."""
+        self._head_top: tuple[float, float | None] | None = None
 
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
@@ -183,6 +199,7 @@ class SpeculativeDrafter:
         self._prompt_length = len(prompt)
         self._request_source = self.per_request(after) if self.per_request is not None else None
         self._follows = []
+        self._head_state = None
 
     def _document_order(self, tokens: Sequence[int]) -> list[int]:
         """The context as the file reads: text before the cursor, then what was generated.
@@ -256,7 +273,10 @@ class SpeculativeDrafter:
         drafts += self._retrieve(tokens)
         if self.config.use_recycling:
             drafts += self.recycler.drafts(tokens)
-        tree = build_tree(self._calibrated([d for d in drafts if d.tokens]), self.config.max_nodes)
+        scaled = self._calibrated([d for d in drafts if d.tokens])
+        if self.head is not None and self._head_state is not None:
+            scaled += self._head_drafts()
+        tree = build_tree(scaled, self.config.max_nodes)
         if self.config.fixed_nodes is not None:
             keep = self.config.fixed_nodes
         elif self.cost is not None:
@@ -265,9 +285,66 @@ class SpeculativeDrafter:
             keep = len(tree)
         return tree.prefix(keep)
 
+    def _head_drafts(self) -> list[Draft]:
+        """The head's tree of guesses, each node with a calibrated probability, its deepest
+        guesses continued along recycled successors.
+
+        The head's softmax is rescaled to what has been observed: its first guess by how often
+        the top first guess was right lately, deeper guesses by how often its top chain went
+        on being right (both against the head's own mean confidence in those guesses).
+        """
+        hidden, pending = self._head_state  # type: ignore[misc]
+        nodes = self.head.tree(hidden, pending)  # type: ignore[union-attr]
+        key = (HeadProposer.name, 0)
+        first_rate, deep_rate = self._rates(key)
+        first_scale = first_rate.value / max(self._head_confidence[0].value, 1e-3)
+        deep_scale = deep_rate.value / max(self._head_confidence[1].value, 1e-3)
+        probability: dict[tuple[int, ...], float] = {}
+        for node in nodes:  # parents come first
+            scale = first_scale if len(node.path) == 1 else deep_scale
+            probability[node.path] = probability.get(node.path[:-1], 1.0) * min(1.0, node.conditional * scale)
+        chain = self._top_chain(nodes)
+        self._top_guess[key] = chain[0][0]
+        self._new_follows.append(_Follow(key, tuple(token for token, _ in chain)))
+        self._head_top = (chain[0][1], chain[1][1] if len(chain) > 1 else None)
+        continuation = self._rates((self.recycler.name, 0))[1].value
+        expanded = {node.path[:-1] for node in nodes}
+        drafts: list[Draft] = []
+        for path, p in probability.items():
+            drafts.append(Draft(path, p, HeadProposer.name, masses=(0.0,) * (len(path) - 1) + (min(1.0, p),)))
+            tails = self.recycler.drafts([path[-1]]) if self.config.use_recycling and path not in expanded else []
+            total = sum(tail.weight for tail in tails)
+            for tail in tails:
+                share = p * tail.weight / total
+                masses = [share * continuation ** (k + 1) for k in range(len(tail.tokens))]
+                drafts.append(Draft(path + tail.tokens, share, HeadProposer.name,
+                                    masses=(0.0,) * len(path) + tuple(masses)))
+        return drafts
+
+    @staticmethod
+    def _top_chain(nodes: Sequence[Any]) -> list[tuple[int, float]]:
+        """The head's best guess at each depth along its best path: (token, conditional probability)."""
+        chain: list[tuple[int, float]] = []
+        path: tuple[int, ...] = ()
+        while True:
+            children = [node for node in nodes if node.path[:-1] == path and len(node.path) == len(path) + 1]
+            if not children:
+                return chain
+            best = max(children, key=lambda node: node.conditional)
+            chain.append((best.path[-1], best.conditional))
+            path = best.path
+
     def observe(self, tokens: Sequence[int], tree: DraftTree, verified: Verified, seconds: float) -> None:
         """Learn from one pass: its cost, acceptance rate, recycled candidates, per-source credit."""
         self.stats.passes += 1
+        if self.head is not None:
+            self._head_state = (verified.hidden[-1], verified.accepted[-1])
+            if self._head_top is not None:
+                first, second = self._head_top
+                self._head_confidence[0].update(first)
+                if second is not None and self._top_guess.get((HeadProposer.name, 0)) == verified.accepted[0]:
+                    self._head_confidence[1].update(second)
+                self._head_top = None
         if self.cost is not None and len(tokens) > self._prompt_length:
             self.cost.observe(len(tree), seconds)  # decoding passes only: the prompt pass is not a tree
         if self.config.use_recycling:

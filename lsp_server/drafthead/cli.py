@@ -1,0 +1,78 @@
+"""``swiftguard drafthead train``: fit the draft head on GenGuard's data shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``drafthead`` subcommand on the main parser's subparsers."""
+    parser = subparsers.add_parser("drafthead", help="train the learned draft head on `genguard build-data` shards")
+    parser.add_argument("action", choices=("train",))
+    parser.add_argument("--data", type=Path, action="append", required=True, help="shard file or folder of shards")
+    parser.add_argument("--out", type=Path, required=True, help="head .safetensors to write")
+    parser.add_argument("--model", default=None, help="the shards' model: folder, .gguf or hub id (default: embedded)")
+    parser.add_argument("--vocab", type=int, default=16384, help="how many of the most frequent tokens it can propose")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--depth", type=int, default=2, help="steps the head is unrolled in training (tokens ahead)")
+    parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of repositories held out")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", type=Path, help="write the report as JSON here")
+    return parser
+
+
+def run_drafthead(args: argparse.Namespace) -> int:
+    """Train, evaluate on held-out repositories against a bigram table, save; returns the exit status."""
+    import numpy as np
+    import torch
+
+    from ..engine.loader import load
+    from ..genguard.head import model_key, tokenizer_hash
+    from ..genguard.train import emit_report, load_shards, split
+    from .head import DraftHeadInfo, save_draft_head
+    from .train import accuracy, bigram_accuracy, pairs, train_draft_head
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    data = load_shards(args.data)
+    loaded = load(args.model, "cpu", "bfloat16")
+    key = tokenizer_hash(loaded.tokenizer)
+    shard_models = {str(meta.get("base_model")) for meta in data.meta}
+    if {model_key(name) for name in shard_models} != {model_key(loaded.name)} or \
+            {meta.get("tokenizer_hash") for meta in data.meta} != {key}:
+        print(f"error: the shards were built with {sorted(shard_models)}, not the loaded {loaded.name}", file=sys.stderr)
+        return 2
+    masks = split(data, set(), args.holdout_fraction, 0.0)
+    train, test = pairs(data, masks["train"], args.depth), pairs(data, masks["heldout_repos"], args.depth)
+    generated = data.kind[data.sample_index[test.rows]] == "generated"
+    tests = {"generated": test.subset(generated), "teacher": test.subset(~generated)}
+
+    def evaluate(head, batches) -> str:  # type: ignore[no-untyped-def]
+        return " ".join(f"{name} top1/top4 {accuracy(head, batches, part)}" for name, part in tests.items())
+
+    embed = loaded.model.get_input_embeddings().weight.detach()
+    try:
+        head, batches = train_draft_head(data, train, embed, loaded.model.get_output_embeddings(), args.vocab,
+                                         args.width, args.epochs, args.seed, evaluate=evaluate,
+                                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    heldout = {name: [{"step": step + 1, "top1": top1, "top4": top4}
+                      for step, (top1, top4) in enumerate(accuracy(head, batches, part))]
+               for name, part in tests.items()}
+    bigram = {name: dict(zip(("top1", "top4"), (round(x, 3) for x in bigram_accuracy(data, train, part))))
+              for name, part in tests.items()}
+    coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
+    training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
+                "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth, "holdout_fraction": args.holdout_fraction,
+                "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
+                "sources": sorted({s for m in data.meta for s in m.get("sources", [])})}
+    save_draft_head(args.out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, training))
+    return emit_report({"head": str(args.out), **training, "seconds": round(time.perf_counter() - started, 1)},
+                       args.report)

@@ -1,0 +1,158 @@
+"""Training the draft head from GenGuard's data shards.
+
+``swiftguard genguard build-data`` already stores, per position, the final-norm hidden
+state and the token it chose, for real code run through the model (``teacher``) and for
+the model's own greedy output (``generated``).  Two neighbouring positions of one sample
+are one training pair: from ``(h_j, token_j)`` predict ``token_{j+1}``.  Cross-entropy
+over the head's vocabulary, plus a small pull of the predicted state toward the true
+``h_{j+1}``.  The head is unrolled ``depth`` steps as it runs: step two starts from the
+state step one *predicted* (and the true ``token_{j+1}``), so the head learns to guess
+two and more tokens ahead from its own output, not only from the model's states.  Whole
+repositories are held out for evaluation, and the report compares the head with a
+bigram table built from the same training pairs (the best a text-only guess of the next
+token does from this data).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..genguard.train import Dataset
+from .head import DraftHead, score_rows
+
+
+@dataclass
+class Pairs:
+    """Row ``j`` of the data and the ``depth`` tokens after it (in the same sample)."""
+
+    rows: np.ndarray
+    ahead: np.ndarray
+    """[n, depth]: tokens j + 1 .. j + depth."""
+
+    @property
+    def next_tokens(self) -> np.ndarray:
+        return self.ahead[:, 0]
+
+    def subset(self, mask: np.ndarray) -> Pairs:
+        return Pairs(self.rows[mask], self.ahead[mask])
+
+
+def pairs(data: Dataset, samples: np.ndarray, depth: int = 1) -> Pairs:
+    """Positions with ``depth`` more positions after them inside the selected samples (a sample mask)."""
+    index = data.sample_index
+    rows = np.nonzero((index[:-depth] == index[depth:]) & samples[index[:-depth]])[0]
+    ahead = np.stack([data.token_ids[rows + step] for step in range(1, depth + 1)], axis=1).astype(np.int64)
+    return Pairs(rows, ahead)
+
+
+def frequent_vocab(data: Dataset, train: Pairs, size: int) -> torch.Tensor:
+    """The ``size`` most frequent next tokens of the training pairs: what the head can propose."""
+    counts = np.bincount(train.next_tokens, minlength=int(data.token_ids.max()) + 1)
+    return torch.from_numpy(np.argsort(-counts, kind="stable")[:size].copy())
+
+
+def bigram_accuracy(data: Dataset, train: Pairs, test: Pairs, k: int = 4) -> tuple[float, float]:
+    """Top-1 and top-k accuracy of a next-token table keyed by the current token alone."""
+    table: dict[int, Counter[int]] = defaultdict(Counter)
+    for token, following in zip(data.token_ids[train.rows].tolist(), train.next_tokens.tolist()):
+        table[token][following] += 1
+    top1 = topk = 0
+    for token, following in zip(data.token_ids[test.rows].tolist(), test.next_tokens.tolist()):
+        guesses = [guess for guess, _ in table[token].most_common(k)]
+        top1 += bool(guesses) and guesses[0] == following
+        topk += following in guesses
+    return top1 / max(1, len(test.rows)), topk / max(1, len(test.rows))
+
+
+class _Batches:
+    """Float32 views of what training needs, built once."""
+
+    def __init__(self, data: Dataset, embed: torch.Tensor, scores: torch.Tensor, vocab: torch.Tensor) -> None:
+        self.features = torch.from_numpy(data.features)
+        self.tokens = torch.from_numpy(data.token_ids.astype(np.int64))
+        self.embed = embed
+        self.scores = scores
+        position = torch.full((max(int(vocab.max()), int(self.tokens.max())) + 1,), -1, dtype=torch.int64)
+        position[vocab] = torch.arange(len(vocab))
+        self.position = position
+
+    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[rows].float(), self.embed[self.tokens[rows]].float()
+
+    def targets(self, pairs_: Pairs, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), depth] positions in the head's vocabulary (-1: outside it)."""
+        return self.position[torch.from_numpy(pairs_.ahead)[rows]]
+
+    def unroll(self, head: DraftHead, pairs_: Pairs, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Predicted states for steps 1..depth: each step starts from the previous step's
+        prediction and the true token (what the head sees at run time when its guess was right)."""
+        hidden, embedded = self.inputs(torch.from_numpy(pairs_.rows)[rows])
+        states = [head(hidden, embedded)]
+        ahead = torch.from_numpy(pairs_.ahead)[rows]
+        for step in range(1, ahead.shape[1]):
+            states.append(head(states[-1], self.embed[ahead[:, step - 1]]))
+        return states
+
+
+def accuracy(head: DraftHead, batches: _Batches, test: Pairs, k: int = 4) -> list[tuple[float, float]]:
+    """Per step, top-1 and top-k accuracy of the head on ``test`` given the earlier tokens right
+    (a token outside its vocabulary is a miss)."""
+    depth = test.ahead.shape[1]
+    top1, topk = [0] * depth, [0] * depth
+    with torch.inference_mode():
+        for start in range(0, len(test.rows), 4096):
+            rows = torch.arange(start, min(start + 4096, len(test.rows)))
+            target = batches.targets(test, rows)
+            for step, state in enumerate(batches.unroll(head, test, rows)):
+                guesses = (state @ batches.scores.T).topk(k, dim=-1).indices
+                top1[step] += int((guesses[:, 0] == target[:, step]).sum())
+                topk[step] += int((guesses == target[:, step, None]).any(-1).sum())
+    n = max(1, len(test.rows))
+    return [(round(a / n, 3), round(b / n, 3)) for a, b in zip(top1, topk)]
+
+
+def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: torch.nn.Module, vocab_size: int = 16384,
+                     width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 512, lr: float = 2e-3,
+                     progress: Callable[[str], None] = lambda _m: None,
+                     evaluate: Callable[[DraftHead, _Batches], str] | None = None) -> tuple[DraftHead, _Batches]:
+    """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix."""
+    torch.manual_seed(seed)
+    vocab = frequent_vocab(data, train, vocab_size)
+    batches = _Batches(data, embed.float(), score_rows(lm_head, vocab, data.features.shape[1]).float(), vocab)
+    head = DraftHead(data.features.shape[1], width, vocab)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    targets_all = batches.targets(train, torch.arange(len(train.rows)))
+    usable = torch.nonzero(targets_all[:, 0] >= 0).squeeze(1)  # a next token outside the vocabulary teaches nothing
+    if not len(usable):
+        raise ValueError("no training pairs: the shards hold no positions with a next token")
+    batch = min(batch, len(usable))
+    steps = max(1, epochs * (len(usable) // batch))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    rows_all = torch.from_numpy(train.rows)
+    started, step = time.perf_counter(), 0
+    for epoch in range(epochs):
+        order = usable[torch.randperm(len(usable))]
+        for start in range(0, len(order) - batch + 1, batch):
+            if step >= steps:
+                break
+            chosen = order[start : start + batch]
+            loss = torch.zeros(())
+            for step, predicted in enumerate(batches.unroll(head, train, chosen)):
+                loss = loss + torch.nn.functional.cross_entropy(predicted @ batches.scores.T, targets_all[chosen, step],
+                                                                ignore_index=-1)
+                true_state = batches.features[rows_all[chosen] + step + 1].float()
+                loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted, true_state)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+        report = evaluate(head, batches) if evaluate is not None else ""
+        progress(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")
+    return head.eval(), batches

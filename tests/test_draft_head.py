@@ -1,0 +1,183 @@
+"""The learned draft head: its file, its training, and that drafting with it changes no output."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from lsp_server.drafthead.head import (
+    DraftHead,
+    DraftHeadInfo,
+    find_draft_head,
+    load_draft_head,
+    save_draft_head,
+    score_rows,
+)
+from lsp_server.drafthead.train import (
+    accuracy,
+    bigram_accuracy,
+    pairs,
+    train_draft_head,
+)
+from lsp_server.engine.completer import build_drafter
+from lsp_server.engine.decoding import Decoder
+from lsp_server.engine.prompt import PromptBuilder
+from lsp_server.engine.speculation.drafter import DrafterConfig
+from lsp_server.engine.speculation.head_drafts import HeadNode, HeadProposer
+from lsp_server.genguard.head import HeadError, model_key, tokenizer_hash
+from lsp_server.genguard.train import Dataset
+
+
+def _random_head(hidden: int, vocab: list[int], seed: int = 0) -> DraftHead:
+    torch.manual_seed(seed)
+    return DraftHead(hidden, 32, torch.tensor(vocab)).eval()
+
+
+def _info(loaded, width: int = 32) -> DraftHeadInfo:
+    return DraftHeadInfo(loaded.name, int(loaded.model.config.hidden_size), tokenizer_hash(loaded.tokenizer), width,
+                         {"pairs": 1})
+
+
+def test_round_trip_and_refusals(tmp_path, tiny_loaded):
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    head = _random_head(hidden, [5, 7, 9])
+    path = tmp_path / "head.safetensors"
+    save_draft_head(path, head, _info(tiny_loaded))
+    key = tokenizer_hash(tiny_loaded.tokenizer)
+    loaded_head, info = load_draft_head(path, hidden, key)
+    assert info.training == {"pairs": 1} and loaded_head.vocab.tolist() == [5, 7, 9]
+    assert torch.equal(loaded_head.inner.weight, head.inner.weight.to(torch.bfloat16).float())
+    with pytest.raises(HeadError, match="hidden size"):
+        load_draft_head(path, hidden + 1, key)
+    with pytest.raises(HeadError, match="tokenizer"):
+        load_draft_head(path, hidden, "0" * 16)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(HeadError, match="cannot read"):
+        load_draft_head(tmp_path / "junk.safetensors", hidden, key)
+
+
+def test_lookup_by_model_name_says_why_not(tmp_path, tiny_loaded):
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, tmp_path)
+    assert head is None and "no draft head" in status
+    save_draft_head(tmp_path / f"{model_key(tiny_loaded.name)}.safetensors", _random_head(hidden, [3]),
+                    _info(tiny_loaded))
+    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, tmp_path)
+    assert head is not None and "1 tokens" in status
+    head, status = find_draft_head(tiny_loaded.name, hidden + 8, tiny_loaded.tokenizer, tmp_path)
+    assert head is None and "refusing" in status
+
+
+def test_score_rows_are_the_lm_head_weights_exactly(tiny_loaded):
+    lm_head = tiny_loaded.model.get_output_embeddings()
+    vocab = torch.tensor([0, 17, 5, 255])
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    plain = torch.nn.Linear(hidden, lm_head.out_features, bias=False)
+    assert torch.equal(score_rows(plain, vocab, hidden), plain.weight[vocab])
+    # The loaded model's head may be packed (no plain weight left): its products must agree.
+    rows = score_rows(lm_head, vocab, hidden)
+    states = torch.randn(3, hidden, dtype=rows.dtype)
+    assert torch.allclose(states @ rows.T, lm_head(states)[:, vocab], atol=1e-5)
+
+
+def _synthetic(n_samples: int = 60, length: int = 40, hidden: int = 16, seed: int = 0) -> Dataset:
+    """Token after each position: 3 if the hidden state's first feature is positive, else 4.
+
+    A table keyed by the current token cannot know which (it is always 1 or 2 at random);
+    a head that reads the hidden state can.
+    """
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n_samples * length, hidden)).astype(np.float16)
+    tokens = rng.integers(1, 3, n_samples * length).astype(np.int32)
+    index = np.repeat(np.arange(n_samples), length).astype(np.int32)
+    follows = np.where(features[:, 0] > 0, 3, 4)
+    tokens[1:] = np.where(index[1:] == index[:-1], follows[:-1], tokens[1:])
+    repos = np.array([f"r{i % 6}" for i in range(n_samples)])
+    return Dataset(features, np.zeros(len(tokens), np.uint8), tokens, index, np.array(["python"] * n_samples), repos,
+                   np.array(["generated"] * n_samples), [{}])
+
+
+def test_training_learns_what_the_hidden_state_says():
+    data = _synthetic()
+    train_mask = np.array([repo not in ("r0", "r1") for repo in data.repo])
+    train, test = pairs(data, train_mask), pairs(data, ~train_mask)
+    assert set(data.sample_index[train.rows]).isdisjoint(data.sample_index[test.rows])
+    embed = torch.randn(8, 16)
+    lm_head = torch.nn.Linear(16, 8, bias=False)
+    head, batches = train_draft_head(data, train, embed, lm_head, vocab_size=4, width=32, epochs=8, batch=64, lr=1e-2)
+    assert {3, 4} <= set(head.vocab.tolist())  # the next tokens seen in training
+    [(top1, _)] = accuracy(head, batches, test)
+    bigram_top1, _ = bigram_accuracy(data, train, test)
+    assert top1 > 0.9 and bigram_top1 < 0.7
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_drafting_with_a_head_changes_no_output(tiny_loaded, seed):
+    """Lossless whatever the head guesses: a random head's drafts are verified like any other."""
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    prompts = PromptBuilder(tiny_loaded.tokenizer)
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, prompts.stop_ids, reuse_kv=False)
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 7))
+    drafter = build_drafter(tiny_loaded, decoder, prompts, DrafterConfig(fixed_nodes=8))
+    drafter.head = HeadProposer(_random_head(hidden, vocab, seed), tiny_loaded.model.get_input_embeddings(),
+                                tiny_loaded.model.get_output_embeddings())
+    prompt = prompts.build(f"def f{seed}(x):\n    return x + ", "\n", 256).ids
+    plain = decoder.generate(prompt, 24)
+    spec = decoder.generate(prompt, 24, drafter=drafter)
+    assert spec.token_ids == plain.token_ids
+    stats = drafter.stats.as_json()
+    assert stats["proposed_by_source"]["head"] > 0 and "head" in stats["first_token_hit_rate"]
+
+
+class _Successors:
+    """A stand-in head that knows which token followed each token in plain greedy output."""
+
+    name = "head"
+
+    def __init__(self, output: list[int]) -> None:
+        self.next_of = dict(itertools.pairwise(output))
+        self.asked: list[int] = []
+
+    def tree(self, hidden, token):
+        self.asked.append(token)
+        return [HeadNode((self.next_of.get(token, 0),), 0.9, 0.9), HeadNode((1,), 0.05, 0.05)]
+
+
+def test_head_guesses_follow_the_pending_token_and_are_accepted(tiny_loaded):
+    prompts = PromptBuilder(tiny_loaded.tokenizer)
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, prompts.stop_ids, reuse_kv=False)
+    prompt = prompts.build("def g(y):\n    return y * ", "\n", 256).ids
+    plain = decoder.generate(prompt, 32)
+    drafter = build_drafter(tiny_loaded, decoder, prompts, DrafterConfig(fixed_nodes=4, use_cache=False))
+    drafter.head = _Successors(plain.token_ids)
+    spec = decoder.generate(prompt, 32, drafter=drafter)
+    assert spec.token_ids == plain.token_ids
+    assert drafter.head.asked and set(drafter.head.asked) <= set(plain.token_ids)  # always the model's own token
+    assert drafter.stats.accepted_by_source["head"] > 0 and spec.forward_passes < len(plain.token_ids)
+
+
+def test_head_tree_levels_expand_the_likeliest_guesses(tiny_loaded):
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 3))
+    proposer = HeadProposer(_random_head(hidden, vocab), tiny_loaded.model.get_input_embeddings(),
+                            tiny_loaded.model.get_output_embeddings(), breadth=(4, 2, 2), expand=2)
+    nodes = proposer.tree(torch.randn(hidden), 11)
+    assert [len(node.path) for node in nodes] == [1] * 4 + [2] * 4 + [3] * 4
+    joint = {node.path: node.joint for node in nodes}
+    for node in nodes:
+        assert set(node.path) <= set(vocab)
+        assert node.joint == pytest.approx(joint.get(node.path[:-1], 1.0) * node.conditional)
+    level_one = sorted((node for node in nodes if len(node.path) == 1), key=lambda node: -node.joint)
+    assert {node.path[:-1] for node in nodes if len(node.path) == 2} == {node.path for node in level_one[:2]}
+
+
+def test_explicit_masses_rank_a_sources_own_tree():
+    from lsp_server.engine.speculation.draft_tree import Draft, build_tree
+
+    drafts = [Draft((1,), 0, "head", masses=(0.6,)), Draft((1, 2), 0, "head", masses=(0.0, 0.5)),
+              Draft((1, 3), 0, "head", masses=(0.0, 0.05)), Draft((4,), 0, "head", masses=(0.2,))]
+    tree = build_tree(drafts, max_nodes=3)
+    assert tree.tokens == [1, 2, 4] and tree.probabilities == pytest.approx([0.6, 0.5, 0.2])

@@ -95,6 +95,8 @@ class DrafterStats:
     accepted_tokens: int = 0
     retrieval_skipped: int = 0
     retrieval_seconds: float = 0.0
+    head_seconds: float = 0.0
+    """Time spent running the draft head and turning its guesses into drafts."""
     accepted_by_source: Counter[str] = field(default_factory=Counter)
     proposed_by_source: Counter[str] = field(default_factory=Counter)
     offered_by_source: Counter[str] = field(default_factory=Counter)
@@ -111,6 +113,7 @@ class DrafterStats:
             "accepted_draft_tokens": self.accepted_tokens,
             "retrieval_skipped": self.retrieval_skipped,
             "retrieval_seconds": round(self.retrieval_seconds, 4),
+            "head_seconds": round(self.head_seconds, 4),
             "accepted_by_source": dict(self.accepted_by_source),
             "proposed_by_source": dict(self.proposed_by_source),
             "first_token_hit_rate": {
@@ -275,7 +278,9 @@ class SpeculativeDrafter:
             drafts += self.recycler.drafts(tokens)
         scaled = self._calibrated([d for d in drafts if d.tokens])
         if self.head is not None and self._head_state is not None:
+            started = time.perf_counter()
             scaled += self._head_drafts()
+            self.stats.head_seconds += time.perf_counter() - started
         tree = build_tree(scaled, self.config.max_nodes)
         if self.config.fixed_nodes is not None:
             keep = self.config.fixed_nodes

@@ -114,6 +114,7 @@ async def test_inline_completion_and_stats(client: LanguageClient):
     assert item.range.start == types.Position(line=4, character=4)
     current = await status(client)
     assert current["engine"]["model"] and current["engine"]["device"] == "cpu"
+    assert "no draft head for" in current["engine"]["draft_head"]  # the tiny test model has none: status says so
     assert current["last_completion"]["new_tokens"] > 0
     assert current["requests"]["completed"] >= 1
 

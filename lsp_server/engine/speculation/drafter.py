@@ -3,9 +3,9 @@
 Sources, cheapest and most model-specific first: the preference cache (what this model
 produced before), per-request sources (the prompt and the output so far) and retrieval
 sources (the repository and general-code datastores), then Token Recycling for when
-nothing matches, and the learned draft head (``head_drafts``): it guesses the token after
-the model's pending one from the pass's last hidden state, and recycled successors
-continue each guess.  Retrieval timing control (CodeSwift) skips datastore searches that are
+nothing matches, and the learned draft head (``head_drafts``): from the pass's last hidden
+state it guesses a small tree of the tokens after the model's pending one, and recycled
+successors continue its deepest guesses.  Retrieval timing control (CodeSwift) skips datastore searches that are
 unlikely to pay: contexts whose last bigram found nothing before (the miss table) and,
 once they have proved poor, searches right after a newline.
 
@@ -178,7 +178,7 @@ class SpeculativeDrafter:
         self._before: list[int] = []
         self._prompt_length = 0
         self.head = head if self.config.use_head else None
-        self.head_status = "draft head off" if head is None else "draft head on"
+        self.head_status = "draft head on" if self.head is not None else "draft head off"
         """A line for ``swiftguard.status``; the engine's builder says which head or why none."""
         self._head_state: tuple[Any, int] | None = None
         """The last pass's final hidden state and the pending token it chose: the head's input."""
@@ -316,7 +316,7 @@ class SpeculativeDrafter:
         expanded = {node.path[:-1] for node in nodes}
         drafts: list[Draft] = []
         for path, p in probability.items():
-            drafts.append(Draft(path, p, HeadProposer.name, masses=(0.0,) * (len(path) - 1) + (min(1.0, p),)))
+            drafts.append(Draft(path, p, HeadProposer.name, masses=(0.0,) * (len(path) - 1) + (p,)))
             tails = self.recycler.drafts([path[-1]]) if self.config.use_recycling and path not in expanded else []
             total = sum(tail.weight for tail in tails)
             for tail in tails:

@@ -185,3 +185,34 @@ def test_timing_control_skips_a_bigram_that_found_nothing_in_the_same_language()
     plain.draft([1, 2, 3, 4, 5])
     plain.draft([1, 2, 3, 4, 5])
     assert source.asked == 4
+
+
+class _ContinuesAfterFive:
+    """A source that knows what follows token 5, but cannot guess 5 itself."""
+
+    name = "repo"
+
+    def retrieve(self, context, span=16, max_candidates=64):
+        return [Candidate((7, 8, 9), 1.0, "repo", 8)] if context[-1] == 5 else []
+
+
+class _GuessesFive:
+    name = "head"
+
+    def tree(self, hidden, token):
+        from lsp_server.engine.speculation.head_drafts import HeadNode
+
+        return [HeadNode((5,), 0.9, 0.9)]
+
+
+def test_sources_continue_the_head_guess_they_could_not_make():
+    trees = {}
+    for lookahead in (True, False):
+        config = DrafterConfig(max_nodes=8, use_cache=False, use_recycling=False, head_lookahead=lookahead)
+        drafter = SpeculativeDrafter(None, config, retrieval=[_ContinuesAfterFive()], head=_GuessesFive())
+        drafter.begin([1, 2, 3])
+        drafter.observe([1, 2, 3], build_tree([], 8), Verified([4], torch.zeros(1, 4), [], torch.zeros(1, 10)), 0.05)
+        trees[lookahead] = drafter.draft([1, 2, 3, 4])
+    assert trees[True].tokens == [5, 7, 8, 9] and trees[True].parents == [-1, 0, 1, 2]
+    assert "repo" in trees[True].sources[1]
+    assert trees[False].tokens == [5]

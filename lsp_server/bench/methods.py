@@ -6,7 +6,7 @@
   of the task's language (HumanEval's for Python, MultiPL-E's for the others) and ignores
   ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
-  component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``fixed16``...).
+  component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``nolookahead``, ``fixed16``...).
 - ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
   drafts the true next tokens as one chain, as many as this device's verify-cost curve
   says pay.  No real drafter can do better with this verifier, so it shows how much of a
@@ -191,6 +191,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "norecycle": {"use_recycling": False},
     "notiming": {"timing_control": False},
     "nohead": {"use_head": False},
+    "nolookahead": {"head_lookahead": False},
     "noretrieval": {},
     "fixed4": {"fixed_nodes": 4},
     "fixed16": {"fixed_nodes": 16},

@@ -138,6 +138,8 @@ class DrafterConfig:
     use_recycling: bool = True
     timing_control: bool = True
     use_head: bool = True
+    head_lookahead: bool = True
+    """Ask the sources again after the head's top guess when none of them offered it."""
 
 
 class SpeculativeDrafter:
@@ -242,13 +244,15 @@ class SpeculativeDrafter:
             self.rates[key] = (Rate(FIRST_PRIOR[key[1]]), Rate(CONTINUATION_PRIOR[key[1]]))
         return self.rates[key]
 
-    def _calibrated(self, drafts: list[Draft]) -> list[Draft]:
-        """Give each draft its bucket's learned rates; remember each bucket's best guess."""
+    def _calibrated(self, drafts: list[Draft], learn: bool = True) -> list[Draft]:
+        """Give each draft its bucket's learned rates; remember each bucket's best guess
+        (unless ``learn`` is off: drafts for a context one guessed token further on)."""
         groups: dict[tuple[str, int], list[Draft]] = {}
         for draft in drafts:
             groups.setdefault((draft.source, match_bucket(draft.match)), []).append(draft)
-        self._top_guess = {}
-        self._new_follows = []
+        if learn:
+            self._top_guess = {}
+            self._new_follows = []
         scaled: list[Draft] = []
         for key, group in groups.items():
             total = sum(draft.weight for draft in group)
@@ -258,28 +262,34 @@ class SpeculativeDrafter:
             for draft in group:
                 first_mass[draft.tokens[0]] += draft.weight
             guess = first_mass.most_common(1)[0][0]
-            self._top_guess[key] = guess
-            best = max((draft for draft in group if draft.tokens[0] == guess), key=lambda draft: draft.weight)
-            self._new_follows.append(_Follow(key, best.tokens))
+            if learn:
+                self._top_guess[key] = guess
+                best = max((draft for draft in group if draft.tokens[0] == guess), key=lambda draft: draft.weight)
+                self._new_follows.append(_Follow(key, best.tokens))
             first, continuation = self._rates(key)
             scaled += [draft._replace(weight=draft.weight / total * first.value, continuation=continuation.value)
                        for draft in group]
         return scaled
 
-    def draft(self, tokens: Sequence[int]) -> DraftTree:
-        tokens = self._document_order(tokens)
+    def _matches(self, tokens: Sequence[int]) -> list[Draft]:
+        """What the preference cache, the request's own text and the datastores continue ``tokens`` with."""
         drafts: list[Draft] = []
         if self.config.use_cache:
             drafts += self.cache.drafts(tokens)
         if self._request_source is not None:
             drafts += self._ask(self._request_source, tokens)
         drafts += self._retrieve(tokens)
+        return [draft for draft in drafts if draft.tokens]
+
+    def draft(self, tokens: Sequence[int]) -> DraftTree:
+        tokens = self._document_order(tokens)
+        drafts = self._matches(tokens)
         if self.config.use_recycling:
             drafts += self.recycler.drafts(tokens)
         scaled = self._calibrated([d for d in drafts if d.tokens])
         if self.head is not None and self._head_state is not None:
             started = time.perf_counter()
-            scaled += self._head_drafts()
+            scaled += self._head_drafts(tokens, {draft.tokens[0] for draft in scaled})
             self.stats.head_seconds += time.perf_counter() - started
         tree = build_tree(scaled, self.config.max_nodes)
         if self.config.fixed_nodes is not None:
@@ -290,9 +300,11 @@ class SpeculativeDrafter:
             keep = len(tree)
         return tree.prefix(keep)
 
-    def _head_drafts(self) -> list[Draft]:
+    def _head_drafts(self, tokens: Sequence[int], offered: set[int]) -> list[Draft]:
         """The head's tree of guesses, each node with a calibrated probability, its deepest
-        guesses continued along recycled successors.
+        guesses continued along recycled successors.  When no other source offered the head's
+        top guess, the sources are asked again with that guess appended: they may continue
+        it where they could not guess it.
 
         The head's softmax is rescaled to what has been observed: its first guess by how often
         the top first guess was right lately, deeper guesses by how often its top chain went
@@ -315,6 +327,12 @@ class SpeculativeDrafter:
         continuation = self._rates((self.recycler.name, 0))[1].value
         expanded = {node.path[:-1] for node in nodes}
         drafts: list[Draft] = []
+        guess = chain[0][0]
+        if self.config.head_lookahead and guess not in offered:
+            p = probability[(guess,)]
+            for after in self._calibrated(self._matches([*tokens, guess]), learn=False):
+                masses = [p * after.weight * after.continuation ** k for k in range(len(after.tokens))]
+                drafts.append(Draft((guess, *after.tokens), p, after.source, masses=(0.0, *masses)))
         for path, p in probability.items():
             drafts.append(Draft(path, p, HeadProposer.name, masses=(0.0,) * (len(path) - 1) + (p,)))
             tails = self.recycler.drafts([path[-1]]) if self.config.use_recycling and path not in expanded else []

@@ -12,6 +12,7 @@ from lsp_server.drafthead.head import (
     DraftHead,
     DraftHeadInfo,
     find_draft_head,
+    head_path_for,
     load_draft_head,
     save_draft_head,
     score_rows,
@@ -57,6 +58,12 @@ def test_round_trip_and_refusals(tmp_path, tiny_loaded):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(HeadError, match="cannot read"):
         load_draft_head(tmp_path / "junk.safetensors", hidden, key)
+
+
+def test_heads_live_in_the_cache_dir_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWIFTGUARD_CACHE_DIR", str(tmp_path))
+    assert head_path_for("Qwen/Qwen2.5-Coder-0.5B-Instruct") == \
+        tmp_path / "drafthead" / "qwen2.5-coder-0.5b-instruct.safetensors"
 
 
 def test_lookup_by_model_name_says_why_not(tmp_path, tiny_loaded):

@@ -13,7 +13,8 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser = subparsers.add_parser("drafthead", help="train the learned draft head on `genguard build-data` shards")
     parser.add_argument("action", choices=("train",))
     parser.add_argument("--data", type=Path, action="append", required=True, help="shard file or folder of shards")
-    parser.add_argument("--out", type=Path, required=True, help="head .safetensors to write")
+    parser.add_argument("--out", type=Path, help="head .safetensors to write (default: the cache dir, where the "
+                                                 "engine looks for the model's head)")
     parser.add_argument("--model", default=None, help="the shards' model: folder, .gguf or hub id (default: embedded)")
     parser.add_argument("--vocab", type=int, default=16384, help="how many of the most frequent tokens it can propose")
     parser.add_argument("--width", type=int, default=1024)
@@ -34,7 +35,7 @@ def run_drafthead(args: argparse.Namespace) -> int:
     from ..engine.loader import load
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
-    from .head import DraftHeadInfo, save_draft_head
+    from .head import DraftHeadInfo, head_path_for, save_draft_head
     from .train import accuracy, bigram_accuracy, pairs, train_draft_head
 
     torch.set_num_threads(args.threads)
@@ -73,6 +74,7 @@ def run_drafthead(args: argparse.Namespace) -> int:
                 "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth, "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])})}
-    save_draft_head(args.out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, training))
-    return emit_report({"head": str(args.out), **training, "seconds": round(time.perf_counter() - started, 1)},
+    out = args.out or head_path_for(loaded.name)
+    save_draft_head(out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, training))
+    return emit_report({"head": str(out), **training, "seconds": round(time.perf_counter() - started, 1)},
                        args.report)

@@ -11,7 +11,9 @@ about 1-2% of a pass here, and it only proposes: the verifier still decides, so 
 unchanged whatever it guesses.
 
 Weights are safetensors with string metadata (base model id, hidden size, tokenizer hash,
-training summary) like GenGuard's heads, so a head is only used with its own model.
+training summary) like GenGuard's heads, so a head is only used with its own model.  They
+are not shipped in the package (5.6 MB for the default model): ``swiftguard drafthead
+train`` writes them into the cache dir, where the engine looks them up by model name.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..genguard.head import HeadError, model_key, tokenizer_hash
+from ..paths import cache_root
 
 FORMAT = "swiftguard-draft-head-1"
-HEADS_DIR = Path(__file__).parent / "heads"
+
+
+def head_path_for(model_name: str, directory: Path | None = None) -> Path:
+    """Where the draft head of ``model_name`` is kept (whether or not it exists): the cache dir by default."""
+    return (directory or cache_root() / "drafthead") / f"{model_key(model_name)}.safetensors"
 
 
 @dataclass
@@ -117,11 +124,11 @@ def load_draft_head(path: Path, hidden_size: int, tokenizer_key: str) -> tuple[D
 
 
 def find_draft_head(model_name: str, hidden_size: int, tokenizer: Any,
-                    heads_dir: Path = HEADS_DIR) -> tuple[DraftHead | None, str]:
-    """The shipped head for the loaded model (or None) and a line for status saying which or why not."""
-    path = heads_dir / f"{model_key(model_name)}.safetensors"
+                    directory: Path | None = None) -> tuple[DraftHead | None, str]:
+    """The trained head for the loaded model (or None) and a line for status saying which or why not."""
+    path = head_path_for(model_name, directory)
     if not path.is_file():
-        return None, f"no draft head for {model_name}"
+        return None, f"no draft head for {model_name} (train one: swiftguard drafthead train)"
     try:
         head, _info = load_draft_head(path, hidden_size, tokenizer_hash(tokenizer))
     except HeadError as exc:

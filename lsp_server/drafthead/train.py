@@ -71,7 +71,7 @@ def bigram_accuracy(data: Dataset, train: Pairs, test: Pairs, k: int = 4) -> tup
 
 
 class _Batches:
-    """Float32 views of what training needs, built once."""
+    """What training and evaluation index into, built once: states, tokens, embeddings, score rows."""
 
     def __init__(self, data: Dataset, embed: torch.Tensor, scores: torch.Tensor, vocab: torch.Tensor) -> None:
         self.features = torch.from_numpy(data.features)
@@ -135,24 +135,21 @@ def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: 
     steps = max(1, epochs * (len(usable) // batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     rows_all = torch.from_numpy(train.rows)
-    started, step = time.perf_counter(), 0
-    for epoch in range(epochs):
+    started = time.perf_counter()
+    for epoch in range(epochs):  # epochs x (usable // batch) optimizer steps: the schedule's length
         order = usable[torch.randperm(len(usable))]
         for start in range(0, len(order) - batch + 1, batch):
-            if step >= steps:
-                break
             chosen = order[start : start + batch]
             loss = torch.zeros(())
-            for step, predicted in enumerate(batches.unroll(head, train, chosen)):
-                loss = loss + torch.nn.functional.cross_entropy(predicted @ batches.scores.T, targets_all[chosen, step],
+            for ahead, predicted in enumerate(batches.unroll(head, train, chosen)):
+                loss = loss + torch.nn.functional.cross_entropy(predicted @ batches.scores.T, targets_all[chosen, ahead],
                                                                 ignore_index=-1)
-                true_state = batches.features[rows_all[chosen] + step + 1].float()
+                true_state = batches.features[rows_all[chosen] + ahead + 1].float()
                 loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted, true_state)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-            step += 1
         report = evaluate(head, batches) if evaluate is not None else ""
         progress(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")
     return head.eval(), batches

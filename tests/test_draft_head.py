@@ -20,6 +20,7 @@ from lsp_server.drafthead.head import (
 from lsp_server.drafthead.train import (
     accuracy,
     bigram_accuracy,
+    greedy_labels,
     pairs,
     train_draft_head,
 )
@@ -107,10 +108,30 @@ def _synthetic(n_samples: int = 60, length: int = 40, hidden: int = 16, seed: in
                    np.array(["generated"] * n_samples), [{}])
 
 
+def test_pairs_feed_the_text_and_label_the_models_pick():
+    """Inputs when unrolled are the tokens really fed; what the head should guess is the model's own pick."""
+    data = _synthetic(n_samples=3, length=6)
+    picks = data.token_ids.astype(np.int64) + 10
+    pairs_ = pairs(data, np.array([True, False, True]), picks, depth=2)
+    assert set(data.sample_index[pairs_.rows]) == {0, 2} and len(pairs_.rows) == 2 * 4
+    assert np.array_equal(pairs_.ahead, np.stack([data.token_ids[pairs_.rows + 1], data.token_ids[pairs_.rows + 2]], 1))
+    assert np.array_equal(pairs_.labels, np.stack([picks[pairs_.rows + 1], picks[pairs_.rows + 2]], 1))
+    assert np.array_equal(pairs_.next_tokens, picks[pairs_.rows + 1])
+
+
+def test_greedy_labels_are_the_lm_heads_argmax_over_every_chunk():
+    torch.manual_seed(0)
+    lm_head = torch.nn.Linear(16, 300, bias=False)
+    features = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float16)
+    expected = lm_head(torch.from_numpy(features).float()).argmax(-1).numpy()
+    assert np.array_equal(greedy_labels(features, lm_head, chunk=128), expected)
+    assert greedy_labels(features[:0], lm_head).shape == (0,)
+
+
 def test_training_learns_what_the_hidden_state_says():
     data = _synthetic()
     train_mask = np.array([repo not in ("r0", "r1") for repo in data.repo])
-    train, test = pairs(data, train_mask), pairs(data, ~train_mask)
+    train, test = pairs(data, train_mask, data.token_ids), pairs(data, ~train_mask, data.token_ids)
     assert set(data.sample_index[train.rows]).isdisjoint(data.sample_index[test.rows])
     embed = torch.randn(8, 16)
     lm_head = torch.nn.Linear(16, 8, bias=False)

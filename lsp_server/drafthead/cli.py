@@ -36,7 +36,7 @@ def run_drafthead(args: argparse.Namespace) -> int:
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
     from .head import DraftHeadInfo, head_path_for, save_draft_head
-    from .train import accuracy, bigram_accuracy, pairs, train_draft_head
+    from .train import accuracy, bigram_accuracy, greedy_labels, pairs, train_draft_head
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -49,7 +49,11 @@ def run_drafthead(args: argparse.Namespace) -> int:
         print(f"error: the shards were built with {sorted(shard_models)}, not the loaded {loaded.name}", file=sys.stderr)
         return 2
     masks = split(data, set(), args.holdout_fraction, 0.0)
-    train, test = pairs(data, masks["train"], args.depth), pairs(data, masks["heldout_repos"], args.depth)
+    labels = greedy_labels(data.features, loaded.model.get_output_embeddings())
+    print(f"labels: the model's own pick differs from the stored next token at "
+          f"{float((labels != data.token_ids).mean()):.1%} of positions", file=sys.stderr)
+    train = pairs(data, masks["train"], labels, args.depth)
+    test = pairs(data, masks["heldout_repos"], labels, args.depth)
     generated = data.kind[data.sample_index[test.rows]] == "generated"
     tests = {"generated": test.subset(generated), "teacher": test.subset(~generated)}
 

@@ -3,14 +3,17 @@
 ``swiftguard genguard build-data`` already stores, per position, the final-norm hidden
 state and the token it chose, for real code run through the model (``teacher``) and for
 the model's own greedy output (``generated``).  Two neighbouring positions of one sample
-are one training pair: from ``(h_j, token_j)`` predict ``token_{j+1}``.  Cross-entropy
-over the head's vocabulary, plus a small pull of the predicted state toward the true
-``h_{j+1}``.  The head is unrolled ``depth`` steps as it runs: step two starts from the
-state step one *predicted* (and the true ``token_{j+1}``), so the head learns to guess
-two and more tokens ahead from its own output, not only from the model's states.  Whole
-repositories are held out for evaluation, and the report compares the head with a
-bigram table built from the same training pairs (the best a text-only guess of the next
-token does from this data).
+are one training pair: from ``(h_j, token_j)`` predict the token the model itself picks
+next, ``argmax(lm_head(h_{j+1}))``.  That label, not the text's real next token, is what
+verification accepts: in teacher-forced code the two differ at about one position in
+four, and training on the text taught the head to guess the author instead of the
+model.  Cross-entropy over the head's vocabulary, plus a small pull of the predicted
+state toward the true ``h_{j+1}``.  The head is unrolled ``depth`` steps as it runs: step
+two starts from the state step one *predicted* (and the token really fed next), so the
+head learns to guess two and more tokens ahead from its own output, not only from the
+model's states.  Whole repositories are held out for evaluation, and the report compares
+the head with a bigram table built from the same training pairs (the best a text-only
+guess of the next token does from this data).
 """
 
 from __future__ import annotations
@@ -29,31 +32,44 @@ from .head import DraftHead, score_rows
 
 @dataclass
 class Pairs:
-    """Row ``j`` of the data and the ``depth`` tokens after it (in the same sample)."""
+    """Row ``j`` of the data, the ``depth`` tokens fed after it and the model's pick after each (in the same sample)."""
 
     rows: np.ndarray
     ahead: np.ndarray
-    """[n, depth]: tokens j + 1 .. j + depth."""
+    """[n, depth]: tokens j + 1 .. j + depth, as fed to the model (the head's inputs when unrolled)."""
+    labels: np.ndarray
+    """[n, depth]: the token the model picks at j + 1 .. j + depth (what the head should guess)."""
 
     @property
     def next_tokens(self) -> np.ndarray:
-        return self.ahead[:, 0]
+        return self.labels[:, 0]
 
     def subset(self, mask: np.ndarray) -> Pairs:
-        return Pairs(self.rows[mask], self.ahead[mask])
+        return Pairs(self.rows[mask], self.ahead[mask], self.labels[mask])
 
 
-def pairs(data: Dataset, samples: np.ndarray, depth: int = 1) -> Pairs:
-    """Positions with ``depth`` more positions after them inside the selected samples (a sample mask)."""
+def pairs(data: Dataset, samples: np.ndarray, labels: np.ndarray, depth: int = 1) -> Pairs:
+    """Positions with ``depth`` more positions after them inside the selected samples (a sample mask);
+    ``labels[i]`` is the token the model picks from row ``i``'s state (see ``greedy_labels``)."""
     index = data.sample_index
     rows = np.nonzero((index[:-depth] == index[depth:]) & samples[index[:-depth]])[0]
-    ahead = np.stack([data.token_ids[rows + step] for step in range(1, depth + 1)], axis=1).astype(np.int64)
-    return Pairs(rows, ahead)
+    steps = range(1, depth + 1)
+    ahead = np.stack([data.token_ids[rows + step] for step in steps], axis=1).astype(np.int64)
+    return Pairs(rows, ahead, np.stack([labels[rows + step] for step in steps], axis=1).astype(np.int64))
+
+
+@torch.inference_mode()
+def greedy_labels(features: np.ndarray, lm_head: torch.nn.Module, chunk: int = 4096) -> np.ndarray:
+    """The model's greedy token from every stored state (the full vocabulary's argmax, in the head's dtype)."""
+    dtype = next(lm_head.parameters()).dtype
+    picks = [lm_head(torch.from_numpy(features[start:start + chunk]).to(dtype)).argmax(-1)
+             for start in range(0, len(features), chunk)]
+    return torch.cat(picks).numpy().astype(np.int64) if picks else np.zeros(0, np.int64)
 
 
 def frequent_vocab(data: Dataset, train: Pairs, size: int) -> torch.Tensor:
-    """The ``size`` most frequent next tokens of the training pairs: what the head can propose."""
-    counts = np.bincount(train.next_tokens, minlength=int(data.token_ids.max()) + 1)
+    """The ``size`` most frequent labels of the training pairs: what the head can propose."""
+    counts = np.bincount(train.next_tokens, minlength=int(max(data.token_ids.max(), train.next_tokens.max())) + 1)
     return torch.from_numpy(np.argsort(-counts, kind="stable")[:size].copy())
 
 
@@ -78,7 +94,7 @@ class _Batches:
         self.tokens = torch.from_numpy(data.token_ids.astype(np.int64))
         self.embed = embed
         self.scores = scores
-        position = torch.full((max(int(vocab.max()), int(self.tokens.max())) + 1,), -1, dtype=torch.int64)
+        position = torch.full((max(len(embed), int(vocab.max()) + 1),), -1, dtype=torch.int64)  # any token id
         position[vocab] = torch.arange(len(vocab))
         self.position = position
 
@@ -86,8 +102,8 @@ class _Batches:
         return self.features[rows].float(), self.embed[self.tokens[rows]].float()
 
     def targets(self, pairs_: Pairs, rows: torch.Tensor) -> torch.Tensor:
-        """[len(rows), depth] positions in the head's vocabulary (-1: outside it)."""
-        return self.position[torch.from_numpy(pairs_.ahead)[rows]]
+        """[len(rows), depth] positions of the labels in the head's vocabulary (-1: outside it)."""
+        return self.position[torch.from_numpy(pairs_.labels)[rows]]
 
     def unroll(self, head: DraftHead, pairs_: Pairs, rows: torch.Tensor) -> list[torch.Tensor]:
         """Predicted states for steps 1..depth: each step starts from the previous step's

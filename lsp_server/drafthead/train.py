@@ -64,12 +64,12 @@ def greedy_labels(features: np.ndarray, lm_head: torch.nn.Module, chunk: int = 4
     dtype = next(lm_head.parameters()).dtype
     picks = [lm_head(torch.from_numpy(features[start:start + chunk]).to(dtype)).argmax(-1)
              for start in range(0, len(features), chunk)]
-    return torch.cat(picks).numpy().astype(np.int64) if picks else np.zeros(0, np.int64)
+    return torch.cat(picks).numpy() if picks else np.zeros(0, np.int64)
 
 
 def frequent_vocab(data: Dataset, train: Pairs, size: int) -> torch.Tensor:
     """The ``size`` most frequent labels of the training pairs: what the head can propose."""
-    counts = np.bincount(train.next_tokens, minlength=int(max(data.token_ids.max(), train.next_tokens.max())) + 1)
+    counts = np.bincount(train.next_tokens, minlength=int(data.token_ids.max()) + 1)
     return torch.from_numpy(np.argsort(-counts, kind="stable")[:size].copy())
 
 

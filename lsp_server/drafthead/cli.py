@@ -1,8 +1,10 @@
-"""``swiftguard drafthead train``: fit the draft head on GenGuard's data shards."""
+"""``swiftguard drafthead build-data | train``: states of real code, and the draft head fitted on them
+(``train`` also takes GenGuard's shards: any stored state and token is a training pair)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -10,12 +12,21 @@ from pathlib import Path
 
 def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``drafthead`` subcommand on the main parser's subparsers."""
-    parser = subparsers.add_parser("drafthead", help="train the learned draft head on `genguard build-data` shards")
-    parser.add_argument("action", choices=("train",))
-    parser.add_argument("--data", type=Path, action="append", required=True, help="shard file or folder of shards")
-    parser.add_argument("--out", type=Path, help="head .safetensors to write (default: the cache dir, where the "
-                                                 "engine looks for the model's head)")
+    parser = subparsers.add_parser("drafthead", help="build data for and train the learned draft head")
+    parser.add_argument("action", choices=("build-data", "train"))
+    parser.add_argument("--data", type=Path, action="append", help="train: shard file or folder of shards "
+                        "(`drafthead build-data` or `genguard build-data` output)")
+    parser.add_argument("--out", type=Path, help="build-data: the shard to write; train: head .safetensors to write "
+                                                 "(default: the cache dir, where the engine looks for the model's head)")
+    parser.add_argument("--source", action="append", default=[], metavar="LANG=PATH[@DEPTH]",
+                        help="build-data: code to read (repeatable; default: the Python standard library)")
+    parser.add_argument("--tokens", type=int, default=400_000, help="build-data: positions to store")
+    parser.add_argument("--window", type=int, default=512, help="build-data: tokens per forward pass")
+    parser.add_argument("--per-file", type=int, default=2, help="build-data: windows per file")
+    parser.add_argument("--per-repo", type=int, default=20_000, help="build-data: tokens per repository")
     parser.add_argument("--model", default=None, help="the shards' model: folder, .gguf or hub id (default: embedded)")
+    parser.add_argument("--device", default="cpu", help="build-data: where the model runs (training runs on the CPU)")
+    parser.add_argument("--dtype", default="bfloat16", help="build-data: the model's dtype")
     parser.add_argument("--vocab", type=int, default=16384, help="how many of the most frequent tokens it can propose")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=6)
@@ -28,6 +39,50 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def run_drafthead(args: argparse.Namespace) -> int:
+    """``build-data`` or ``train``; returns the exit status."""
+    if args.action == "build-data":
+        return _build_data(args)
+    if not args.data:
+        print("error: train needs --data SHARDS", file=sys.stderr)
+        return 2
+    return _train(args)
+
+
+def _build_data(args: argparse.Namespace) -> int:
+    """Store the states of windows of the sources' files as one shard."""
+    from ..engine.decoding import Decoder
+    from ..genguard.cli import open_build
+    from ..genguard.data import ShardWriter, humaneval_signatures
+    from ..genguard.head import tokenizer_hash
+    from .corpus import build_windows, iter_windows
+
+    opened = open_build(args)
+    if isinstance(opened, int):
+        return opened
+    sources, loaded = opened
+    decoder = Decoder(loaded.model, loaded.tokenizer, frozenset(), reuse_kv=False)
+    writer = ShardWriter(meta={
+        "base_model": loaded.name, "hidden_size": int(loaded.model.config.hidden_size),
+        "tokenizer_hash": tokenizer_hash(loaded.tokenizer), "sources": [f"{s.language}={s.root}" for s in sources],
+        "kinds": ["file"], "window": args.window})
+    exclude = humaneval_signatures()
+    stored = 0
+    for number, source in enumerate(sources):
+        share = (args.tokens - stored) // (len(sources) - number)  # what one source leaves unused, the next may take
+        windows = iter_windows(source, loaded.tokenizer, args.window, args.per_file, args.per_repo, args.seed, exclude)
+        got = build_windows(decoder, windows, writer, share,
+                            lambda msg: print(f"  {source.language}={source.root}: {msg}", file=sys.stderr, flush=True))
+        print(f"{source.language}={source.root}: {got} positions", file=sys.stderr)
+        stored += got
+    if not writer.samples:
+        print("error: the sources hold no readable code", file=sys.stderr)
+        return 1
+    writer.write(args.out)
+    print(json.dumps(writer.summary()["tokens"]))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
     """Train, evaluate on held-out repositories against a bigram table, save; returns the exit status."""
     import numpy as np
     import torch
@@ -54,8 +109,8 @@ def run_drafthead(args: argparse.Namespace) -> int:
           f"{float((labels != data.token_ids).mean()):.1%} of positions", file=sys.stderr)
     train = pairs(data, masks["train"], labels, args.depth)
     test = pairs(data, masks["heldout_repos"], labels, args.depth)
-    generated = data.kind[data.sample_index[test.rows]] == "generated"
-    tests = {"generated": test.subset(generated), "teacher": test.subset(~generated)}
+    kinds = data.kind[data.sample_index[test.rows]]
+    tests = {str(kind): test.subset(kinds == kind) for kind in np.unique(kinds)}  # generated, teacher, file
 
     def evaluate(head, batches) -> str:  # type: ignore[no-untyped-def]
         return " ".join(f"{name} top1/top4 {accuracy(head, batches, part)}" for name, part in tests.items())

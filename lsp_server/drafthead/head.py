@@ -128,7 +128,7 @@ def find_draft_head(model_name: str, hidden_size: int, tokenizer: Any,
     """The trained head for the loaded model (or None) and a line for status saying which or why not."""
     path = head_path_for(model_name, directory)
     if not path.is_file():
-        return None, f"no draft head for {model_name} (train one: swiftguard drafthead train)"
+        return None, f"no draft head for {model_name} (train one: swiftguard drafthead build-data, then train)"
     try:
         head, _info = load_draft_head(path, hidden_size, tokenizer_hash(tokenizer))
     except HeadError as exc:

@@ -1,8 +1,9 @@
-"""Training the draft head from GenGuard's data shards.
+"""Training the draft head from stored states.
 
-``swiftguard genguard build-data`` already stores, per position, the final-norm hidden
-state and the token it chose, for real code run through the model (``teacher``) and for
-the model's own greedy output (``generated``).  Two neighbouring positions of one sample
+A shard stores, per position, the final-norm hidden state and the token it chose:
+``swiftguard drafthead build-data`` for windows of real files (``file``), ``swiftguard
+genguard build-data`` for function bodies run through the model (``teacher``) and for the
+model's own greedy output (``generated``).  Two neighbouring positions of one sample
 are one training pair: from ``(h_j, token_j)`` predict the token the model itself picks
 next, ``argmax(lm_head(h_{j+1}))``.  That label, not the text's real next token, is what
 verification accepts: in teacher-forced code the two differ at about one position in

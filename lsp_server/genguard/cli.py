@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,15 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return parser
 
 
-def _build_data(args: argparse.Namespace) -> int:
+def open_build(args: argparse.Namespace) -> tuple[list[Any], Any] | int:
+    """What a ``build-data`` command starts with: ``--out`` checked, threads set, the sources
+    parsed (this Python's standard library by default) and the model loaded.  Returns the
+    sources and the loaded model, or the exit status of a refusal (said on stderr)."""
     import torch
 
     from ..datastore.general import stdlib_root
     from ..engine import ModelLoadError, load
-    from .data import SampleBuilder, ShardWriter, Source, build, collect_sites, humaneval_signatures
-    from .head import tokenizer_hash
+    from .data import Source
 
     if args.out is None:
         print("error: build-data needs --out SHARD.npz", file=sys.stderr)
@@ -74,15 +77,25 @@ def _build_data(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return sources, load(args.model, args.device, args.dtype)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _build_data(args: argparse.Namespace) -> int:
+    from .data import SampleBuilder, ShardWriter, build, collect_sites, humaneval_signatures
+    from .head import tokenizer_hash
+
     kinds = [kind for kind in args.kinds.split(",") if kind]
     if not set(kinds) <= {"teacher", "generated"}:
         print(f"error: unknown kinds {args.kinds!r}", file=sys.stderr)
         return 2
-    try:
-        loaded = load(args.model, args.device, args.dtype)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    opened = open_build(args)
+    if isinstance(opened, int):
+        return opened
+    sources, loaded = opened
     exclude = humaneval_signatures()
     builder = SampleBuilder(loaded, args.context_tokens, args.after_tokens, new_tokens=args.new_tokens,
                             standalone=args.standalone)

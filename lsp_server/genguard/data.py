@@ -100,11 +100,24 @@ class Site:
     """Whether the prompt ends with the first body line's indentation (cursor after it) or at column 0."""
 
     @property
+    def name(self) -> str:
+        return self.function.name
+
+    @property
     def cursor(self) -> int:
         if not self.indent_in_prompt:
             return self.function.cursor
         line = self.text[self.function.cursor : self.text.find("\n", self.function.cursor)]
         return self.function.cursor + len(line) - len(line.lstrip(" \t"))
+
+
+def read_code(path: Path) -> str | None:
+    """The file's text, or None when it is unreadable or looks generated or minified (no use as examples)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None if len(text) > 400_000 or "\n" not in text[:5000] else text
 
 
 def humaneval_signatures() -> frozenset[str]:
@@ -137,12 +150,9 @@ def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_
         repo = source.repo_of(path)
         if per_repo is not None and per_repo_count[repo] >= per_repo:
             continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+        text = read_code(path)
+        if text is None:
             continue
-        if len(text) > 400_000 or "\n" not in text[:5000]:
-            continue  # generated or minified
         functions = []
         for function in iter_functions(text, source.language, top_level_only=True):
             body = text[function.cursor : function.end]
@@ -161,9 +171,19 @@ def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_
     return sites[:count], excluded
 
 
+@dataclass(frozen=True)
+class Span:
+    """Where a sample without a function came from (a window of a file, for the draft head)."""
+
+    language: str
+    repo: str
+    path: str
+    name: str
+
+
 @dataclass
 class Sample:
-    site: Site
+    site: Site | Span
     kind: str
     features: np.ndarray
     """[n, hidden] float16: row j is the state from which continuation token j was predicted."""
@@ -270,12 +290,16 @@ class ShardWriter:
         self.samples.append(sample)
 
     def summary(self) -> dict[str, Any]:
-        positions = Counter()
+        positions: Counter[str] = Counter()
+        tokens: Counter[str] = Counter()
         for sample in self.samples:
             key = f"{sample.site.language}/{sample.kind}"
-            positions[key + "/continue"] += int((sample.labels == 0).sum())
-            positions[key + "/stop"] += int((sample.labels == 1).sum())
+            tokens[key] += len(sample.token_ids)
+            if (sample.labels != IGNORE).any():
+                positions[key + "/continue"] += int((sample.labels == 0).sum())
+                positions[key + "/stop"] += int((sample.labels == 1).sum())
         return {
+            "tokens": dict(tokens),
             "samples": dict(Counter(f"{s.site.language}/{s.kind}" for s in self.samples)),
             "repos": dict(Counter(s.site.language for s in {(s.site.language, s.site.repo): s for s in self.samples}.values())),
             "positions": dict(positions),
@@ -293,7 +317,7 @@ class ShardWriter:
             "sample_repo": np.array([s.site.repo for s in self.samples]),
             "sample_kind": np.array([s.kind for s in self.samples]),
             "sample_path": np.array([s.site.path for s in self.samples]),
-            "sample_name": np.array([s.site.function.name for s in self.samples]),
+            "sample_name": np.array([s.site.name for s in self.samples]),
             "meta": np.array(json.dumps({**self.meta, **self.summary()})),
         }
         path.parent.mkdir(parents=True, exist_ok=True)

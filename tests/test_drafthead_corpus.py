@@ -1,0 +1,74 @@
+"""Draft-head data from windows of real files: spread, exclusions, alignment, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from lsp_server.cli import main
+from lsp_server.drafthead.corpus import iter_windows, window_sample
+from lsp_server.engine.decoding import Decoder
+from lsp_server.engine.kv_cache import new_cache
+from lsp_server.genguard.data import IGNORE, Source
+
+CODE = "".join(f"def helper_{i}(value):\n    return value * {i} + len(str(value))\n\n\n" for i in range(60))
+
+
+def _repos(root, names=("alpha", "beta", "gamma")):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for number in range(3):
+            (root / name / f"mod{number}.py").write_text(CODE)
+    return root
+
+
+def test_windows_are_real_slices_capped_per_file_and_repository(tmp_path, tiny_loaded):
+    source = Source("python", _repos(tmp_path / "py"))
+    tokenizer = tiny_loaded.tokenizer
+    ids = tokenizer(CODE, add_special_tokens=False)["input_ids"]
+    windows = list(iter_windows(source, tokenizer, window=64, per_file=2, per_repo=300, seed=0))
+    per_repo = {repo: sum(len(w.ids) for w in windows if w.span.repo == repo) for repo in ("alpha", "beta", "gamma")}
+    assert all(128 <= got <= 300 for got in per_repo.values()), per_repo
+    per_file = {path: sum(1 for w in windows if w.span.path == path) for path in {w.span.path for w in windows}}
+    assert max(per_file.values()) == 2
+    for window in windows:
+        start = int(window.span.name.split("@")[1])
+        assert window.ids == ids[start : start + len(window.ids)] and start % 64 == 0
+
+
+def test_a_window_holding_a_humaneval_signature_is_left_out(tmp_path, tiny_loaded):
+    source = Source("python", _repos(tmp_path / "py", ("alpha",)))
+    exclude = frozenset(f"def helper_{i}(value):" for i in range(60))
+    assert not list(iter_windows(source, tiny_loaded.tokenizer, 64, 2, 10_000, 0, exclude))
+
+
+def test_row_j_is_the_state_that_predicted_token_j(tiny_loaded, tmp_path):
+    """The alignment GenGuard's shards use: features[j] comes from the tokens before token_ids[j]."""
+    source = Source("python", _repos(tmp_path / "py", ("alpha",)))
+    window = next(iter_windows(source, tiny_loaded.tokenizer, 64, 1, 10_000, 0))
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, frozenset(), reuse_kv=False)
+    sample = window_sample(decoder, window)
+    assert sample.token_ids.tolist() == window.ids[1:] and (sample.labels == IGNORE).all()
+    for j in (0, 7, len(window.ids) - 2):
+        alone = decoder.hidden_states(window.ids[: j + 1], new_cache())[-1]
+        assert torch.allclose(torch.from_numpy(sample.features[j]).float(), alone.float(), atol=1e-2)
+
+
+def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir):
+    root = _repos(tmp_path / "py", ("alpha", "beta", "gamma", "delta"))
+    shard = tmp_path / "data" / "files.npz"
+    assert main(["drafthead", "build-data", "--model", str(tiny_model_dir), "--source", f"python={root}",
+                 "--tokens", "2000", "--window", "96", "--per-repo", "600", "--out", str(shard)]) == 0
+    with np.load(shard, allow_pickle=False) as data:
+        assert 2000 <= len(data["token_ids"]) < 2000 + 96 and set(data["sample_kind"]) == {"file"}
+        assert len(set(data["sample_repo"])) == 4 and data["features"].dtype == np.float16
+        assert json.loads(str(data["meta"]))["tokens"]["python/file"] == len(data["token_ids"])
+    report = tmp_path / "draft.json"
+    assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
+                 "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st"),
+                 "--report", str(report)]) == 0
+    trained = json.loads(report.read_text())
+    assert set(trained["heldout"]) == {"file"} and trained["pairs"] > 0
+    assert main(["drafthead", "train", "--model", str(tiny_model_dir)]) == 2  # no data: a clear refusal

@@ -21,6 +21,7 @@ from lsp_server.drafthead.train import (
     accuracy,
     bigram_accuracy,
     greedy_labels,
+    model_picks,
     pairs,
     train_draft_head,
 )
@@ -126,6 +127,17 @@ def test_greedy_labels_are_the_lm_heads_argmax_over_every_chunk():
     expected = lm_head(torch.from_numpy(features).float()).argmax(-1).numpy()
     assert np.array_equal(greedy_labels(features, lm_head, chunk=128), expected)
     assert greedy_labels(features[:0], lm_head).shape == (0,)
+
+
+def test_stored_picks_are_used_and_missing_ones_computed():
+    data = _synthetic(n_samples=2, length=5)
+    lm_head = torch.nn.Linear(16, 8, bias=False)
+    computed = greedy_labels(data.features, lm_head)
+    data.picks = np.where(np.arange(len(data.token_ids)) % 2 == 0, 7, -1).astype(np.int32)
+    labels = model_picks(data, lm_head)
+    assert np.array_equal(labels[::2], np.full(len(labels[::2]), 7)) and np.array_equal(labels[1::2], computed[1::2])
+    data.picks = None  # a dataset without stored picks: every row from the LM head
+    assert np.array_equal(model_picks(data, lm_head), computed)
 
 
 def test_training_learns_what_the_hidden_state_says():

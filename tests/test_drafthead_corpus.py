@@ -54,6 +54,7 @@ def test_row_j_is_the_state_that_predicted_token_j(tiny_loaded, tmp_path):
     for j in (0, 7, len(window.ids) - 2):
         alone = decoder.hidden_states(window.ids[: j + 1], new_cache())[-1]
         assert torch.allclose(torch.from_numpy(sample.features[j]).float(), alone.float(), atol=1e-2)
+        assert sample.picks[j] == int(tiny_loaded.model.get_output_embeddings()(alone).argmax())
 
 
 def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir):
@@ -65,6 +66,7 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
         assert 2000 <= len(data["token_ids"]) < 2000 + 96 and set(data["sample_kind"]) == {"file"}
         assert len(set(data["sample_repo"])) == 4 and data["features"].dtype == np.float16
         assert json.loads(str(data["meta"]))["tokens"]["python/file"] == len(data["token_ids"])
+        assert data["picks"].shape == data["token_ids"].shape and (data["picks"] >= 0).all()
     report = tmp_path / "draft.json"
     assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
                  "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st"),

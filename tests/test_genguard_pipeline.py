@@ -62,7 +62,9 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
         assert data["features"].shape[1] == 64 and data["features"].dtype == np.float16
         assert set(data["sample_language"]) == {"python", "go"}
         assert {0, 1} <= set(np.unique(data["labels"]).tolist())
-        assert len(data["labels"]) == len(data["features"]) == len(data["token_ids"])
+        assert len(data["labels"]) == len(data["features"]) == len(data["token_ids"]) == len(data["picks"])
+        generated = np.isin(data["sample_index"], np.nonzero(data["sample_kind"] == "generated")[0])
+        assert (data["picks"] >= 0).all() and np.array_equal(data["picks"][generated], data["token_ids"][generated])
     assert meta["hidden_size"] == 64 and meta["samples"]["python/teacher"] >= 4
 
     head = tmp_path / "tiny.safetensors"

@@ -91,7 +91,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
     from .head import DraftHeadInfo, head_path_for, save_draft_head
-    from .train import accuracy, bigram_accuracy, greedy_labels, pairs, train_draft_head
+    from .train import accuracy, bigram_accuracy, model_picks, pairs, train_draft_head
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -104,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: the shards were built with {sorted(shard_models)}, not the loaded {loaded.name}", file=sys.stderr)
         return 2
     masks = split(data, set(), args.holdout_fraction, 0.0)
-    labels = greedy_labels(data.features, loaded.model.get_output_embeddings())
+    labels = model_picks(data, loaded.model.get_output_embeddings())
     print(f"labels: the model's own pick differs from the stored next token at "
           f"{float((labels != data.token_ids).mean()):.1%} of positions", file=sys.stderr)
     train = pairs(data, masks["train"], labels, args.depth)

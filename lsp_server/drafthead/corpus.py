@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..genguard.data import IGNORE, Sample, ShardWriter, Source, Span, read_code
+from ..genguard.data import IGNORE, Sample, ShardWriter, Source, Span, as_features, greedy_picks, read_code
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,9 @@ def window_sample(decoder: Any, window: Window) -> Sample:
     from ..engine.kv_cache import new_cache
 
     states = decoder.hidden_states(window.ids, new_cache())[:-1]
-    features = states.float().cpu().numpy().astype(np.float16)
     ids = np.array(window.ids[1:], dtype=np.int32)
-    return Sample(window.span, "file", features, np.full(len(ids), IGNORE, dtype=np.uint8), ids)
+    return Sample(window.span, "file", as_features(states), np.full(len(ids), IGNORE, dtype=np.uint8), ids,
+                  picks=greedy_picks(decoder.model.get_output_embeddings(), states))
 
 
 def build_windows(decoder: Any, windows: Iterator[Window], writer: ShardWriter, tokens: int,

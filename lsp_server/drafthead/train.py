@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..genguard.data import greedy_picks
 from ..genguard.train import Dataset
 from .head import DraftHead, score_rows
 
@@ -51,7 +52,7 @@ class Pairs:
 
 def pairs(data: Dataset, samples: np.ndarray, labels: np.ndarray, depth: int = 1) -> Pairs:
     """Positions with ``depth`` more positions after them inside the selected samples (a sample mask);
-    ``labels[i]`` is the token the model picks from row ``i``'s state (see ``greedy_labels``)."""
+    ``labels[i]`` is the token the model picks from row ``i``'s state (see ``model_picks``)."""
     index = data.sample_index
     rows = np.nonzero((index[:-depth] == index[depth:]) & samples[index[:-depth]])[0]
     steps = range(1, depth + 1)
@@ -59,13 +60,22 @@ def pairs(data: Dataset, samples: np.ndarray, labels: np.ndarray, depth: int = 1
     return Pairs(rows, ahead, np.stack([labels[rows + step] for step in steps], axis=1).astype(np.int64))
 
 
-@torch.inference_mode()
 def greedy_labels(features: np.ndarray, lm_head: torch.nn.Module, chunk: int = 4096) -> np.ndarray:
     """The model's greedy token from every stored state (the full vocabulary's argmax, in the head's dtype)."""
     dtype = next(lm_head.parameters()).dtype
-    picks = [lm_head(torch.from_numpy(features[start:start + chunk]).to(dtype)).argmax(-1)
+    picks = [greedy_picks(lm_head, torch.from_numpy(features[start:start + chunk]).to(dtype))
              for start in range(0, len(features), chunk)]
-    return torch.cat(picks).numpy() if picks else np.zeros(0, np.int64)
+    return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+
+
+def model_picks(data: Dataset, lm_head: torch.nn.Module) -> np.ndarray:
+    """Every row's label: the picks the shards stored, the LM head's argmax where they did not
+    (shards built before picks were stored)."""
+    labels = np.full(len(data.token_ids), -1, np.int64) if data.picks is None else data.picks.astype(np.int64)
+    missing = labels < 0
+    if missing.any():
+        labels[missing] = greedy_labels(data.features[missing], lm_head)
+    return labels
 
 
 def frequent_vocab(data: Dataset, train: Pairs, size: int) -> torch.Tensor:

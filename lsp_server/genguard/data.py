@@ -190,6 +190,23 @@ class Sample:
     labels: np.ndarray
     token_ids: np.ndarray
     stop_reason: str = ""
+    picks: np.ndarray | None = None
+    """[n] int32: the model's greedy token from row j's state (the draft head's label), when known."""
+
+
+def as_features(states: Any) -> np.ndarray:
+    """Hidden states as stored: float16 rows."""
+    return states.float().cpu().numpy().astype(np.float16)
+
+
+def greedy_picks(lm_head: Any, states: Any) -> np.ndarray:
+    """The token the LM head picks from each state (a tensor in the head's dtype).  Stored with
+    the shard from the states before float16 storage, so that training the draft head need
+    not run the LM head over every row again (a 151,936-token vocabulary: minutes)."""
+    import torch
+
+    with torch.inference_mode():
+        return lm_head(states).argmax(-1).cpu().numpy().astype(np.int32)
 
 
 class _Recorder:
@@ -202,7 +219,7 @@ class _Recorder:
         self.hidden.clear()
 
     def step(self, text: str, accepted: Sequence[int], hidden: Any) -> None:
-        self.hidden.append(hidden.float().cpu().numpy().astype(np.float16))
+        self.hidden.append(as_features(hidden))
 
 
 class SampleBuilder:
@@ -251,10 +268,10 @@ class SampleBuilder:
             return None
         ids = encoded["input_ids"][: inside + self.after_tokens]
         prompt = self._prompt(self._prefix(site))
-        states = self.decoder.hidden_states(prompt + ids, new_cache())
-        features = states[len(prompt) - 1 : len(prompt) - 1 + len(ids)].float().cpu().numpy().astype(np.float16)
+        states = self.decoder.hidden_states(prompt + ids, new_cache())[len(prompt) - 1 : len(prompt) - 1 + len(ids)]
         labels = np.array([0] * inside + [1] * (len(ids) - inside), dtype=np.uint8)
-        return Sample(site, "teacher", features, labels, np.array(ids, dtype=np.int32))
+        return Sample(site, "teacher", as_features(states), labels, np.array(ids, dtype=np.int32),
+                      picks=greedy_picks(self.loaded.model.get_output_embeddings(), states))
 
     def generated(self, site: Site) -> Sample | None:
         prefix = self._prefix(site)
@@ -276,7 +293,9 @@ class SampleBuilder:
         labels = np.array([1 if start >= cut else 0 for start in starts], dtype=np.uint8)
         if not out.text[cut:].strip():
             labels[labels == 1] = IGNORE  # nothing but blanks after the end: not evidence of excess
-        return Sample(site, "generated", features, labels, np.array(ids, dtype=np.int32), out.stop_reason)
+        # Row j's state chose token j: the generated tokens are the model's own picks.
+        return Sample(site, "generated", features, labels, np.array(ids, dtype=np.int32), out.stop_reason,
+                      picks=np.array(ids, dtype=np.int32))
 
 
 @dataclass
@@ -313,6 +332,8 @@ class ShardWriter:
             "labels": np.concatenate([s.labels for s in self.samples]),
             "token_ids": np.concatenate([s.token_ids for s in self.samples]),
             "sample_index": np.concatenate([np.full(len(s.labels), i, dtype=np.int32) for i, s in enumerate(self.samples)]),
+            "picks": np.concatenate([np.full(len(s.labels), -1, dtype=np.int32) if s.picks is None else s.picks
+                                     for s in self.samples]),
             "sample_language": np.array([s.site.language for s in self.samples]),
             "sample_repo": np.array([s.site.repo for s in self.samples]),
             "sample_kind": np.array([s.kind for s in self.samples]),

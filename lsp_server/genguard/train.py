@@ -49,6 +49,8 @@ class Dataset:
     repo: np.ndarray
     kind: np.ndarray
     meta: list[dict[str, Any]]
+    picks: np.ndarray | None = None
+    """The model's greedy token from each row's state, -1 where the shard did not store it."""
 
     @property
     def samples(self) -> int:
@@ -72,13 +74,15 @@ def load_shards(paths: list[Path]) -> Dataset:
             for key in ("features", "labels", "token_ids", "sample_language", "sample_repo", "sample_kind"):
                 parts.setdefault(key, []).append(data[key])
             parts.setdefault("sample_index", []).append(data["sample_index"] + offset)
+            parts.setdefault("picks", []).append(data["picks"] if "picks" in data.files
+                                                 else np.full(len(data["labels"]), -1, dtype=np.int32))
             offset += len(data["sample_language"])
             metas.append(json.loads(str(data["meta"])))
     if not metas:
         raise FileNotFoundError(f"no shards in {', '.join(map(str, paths))}")
     cat = {key: np.concatenate(value) for key, value in parts.items()}
     return Dataset(cat["features"], cat["labels"], cat["token_ids"], cat["sample_index"], cat["sample_language"],
-                   cat["sample_repo"], cat["sample_kind"], metas)
+                   cat["sample_repo"], cat["sample_kind"], metas, cat["picks"])
 
 
 def split(data: Dataset, holdout_languages: set[str], fraction: float, tune_fraction: float = 0.15) -> dict[str, np.ndarray]:

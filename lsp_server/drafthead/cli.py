@@ -30,8 +30,9 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--vocab", type=int, default=16384, help="how many of the most frequent tokens it can propose")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                        help="train: the dtype of the training products (weights stay float32)")
+    parser.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="train: the dtype of the training products, weights stay float32 (auto: bfloat16 "
+                             "where the CPU runs it natively)")
     parser.add_argument("--depth", type=int, default=2, help="steps the head is unrolled in training (tokens ahead)")
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of repositories held out")
     parser.add_argument("--threads", type=int, default=2)
@@ -89,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ..engine.device import resolve_dtype
     from ..engine.loader import load
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
@@ -118,11 +120,12 @@ def _train(args: argparse.Namespace) -> int:
         return " ".join(f"{name} top1/top4 {accuracy(head, batches, part)}" for name, part in tests.items())
 
     embed = loaded.model.get_input_embeddings().weight.detach()
+    compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
         head, batches = train_draft_head(data, train, embed, loaded.model.get_output_embeddings(), args.vocab,
                                          args.width, args.epochs, args.seed, evaluate=evaluate,
                                          progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                                         compute_dtype=getattr(torch, args.train_dtype))
+                                         compute_dtype=compute_dtype)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -133,8 +136,8 @@ def _train(args: argparse.Namespace) -> int:
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth, "train_dtype": args.train_dtype,
-                "holdout_fraction": args.holdout_fraction,
+                "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth,
+                "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])})}
     out = args.out or head_path_for(loaded.name)

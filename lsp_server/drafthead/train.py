@@ -148,13 +148,15 @@ def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: 
                      width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 512, lr: float = 2e-3,
                      progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
-                     compute_dtype: torch.dtype = torch.bfloat16) -> tuple[DraftHead, _Batches]:
+                     compute_dtype: torch.dtype = torch.float32) -> tuple[DraftHead, _Batches]:
     """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix.
 
     The products run in ``compute_dtype`` under autocast while weights and optimizer state
-    stay float32: on this 2-core CPU bfloat16 steps take 320-334 ms against 572-633 in float32
-    (batch 512, two unrolled steps, 16k-token vocabulary), and a 2-epoch comparison on 120k
-    pairs gave the same held-out accuracy (README).  The head runs in the model's dtype anyway.
+    stay float32.  On this 2-core CPU (native bf16) bfloat16 steps took 320-334 ms against
+    572-633 in float32 (batch 512, two unrolled steps, 16k-token vocabulary), and a 2-epoch
+    comparison on 120k pairs gave the same held-out accuracy (README); the head runs in the
+    model's dtype anyway.  The CLI picks it like the model's dtype (``engine.device``):
+    bfloat16 emulated in software is slower than float32.
     """
     torch.manual_seed(seed)
     vocab = frequent_vocab(data, train, vocab_size)

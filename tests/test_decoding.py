@@ -151,6 +151,17 @@ def test_prompt_window_start_is_sticky_while_typing(tiny_loaded):
     assert second[: len(first) - 2] == first[: len(first) - 2]
 
 
+def test_fresh_prompt_ignores_the_last_window(tiny_loaded):
+    builder = PromptBuilder(tiny_loaded.tokenizer)
+    prefix = "".join(f"value_{i} = compute({i})\n" for i in range(300))
+    builder.build(prefix, "", 256)
+    longer = prefix + "".join(f"x{i}\n" for i in range(6))
+    sticky = builder.build(longer, "", 256).ids
+    fresh = builder.build(longer, "", 256, fresh=True).ids
+    assert fresh == PromptBuilder(tiny_loaded.tokenizer).build(longer, "", 256).ids
+    assert fresh != sticky
+
+
 def test_special_token_text_in_a_file_is_not_a_control_token(tiny_loaded):
     builder = PromptBuilder(tiny_loaded.tokenizer)
     prompt = builder.build("s = '<|fim_middle|>'\n", "", 256)

@@ -178,7 +178,7 @@ def run(args: Any) -> dict[str, Any]:
     prompts: list[list[int]] = []
     for task in tqdm(tasks, desc="bench", file=sys.stderr):
         retrieval.show(task)
-        prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
+        prompt = builder.build(task.prefix, task.suffix, 2048, fresh=True).ids
         prompts.append(prompt)
         row: dict[str, Any] = {"task_id": task.task_id, "language": task.language}
         for name, method in methods.items():

@@ -79,7 +79,11 @@ class PromptBuilder:
     def uses_fim(self) -> bool:
         return self.fim_ids is not None
 
-    def build(self, prefix: str, suffix: str, context_tokens: int) -> Prompt:
+    def build(self, prefix: str, suffix: str, context_tokens: int, fresh: bool = False) -> Prompt:
+        """The prompt for a cursor; ``fresh`` when it is another document's (or a new task's):
+        then the window does not stick to where the last prompt's started."""
+        if fresh:
+            self._anchor = None
         budget = context_tokens - 4
         suffix_budget = budget // 4 if self.uses_fim else 0
         suffix_ids, suffix_chars = self._head(suffix, suffix_budget)

@@ -249,8 +249,7 @@ class SampleBuilder:
 
     def _prompt(self, prefix: str) -> list[int]:
         """Prompt ids: FIM with an empty suffix, as for HumanEval."""
-        self.prompts._anchor = None  # each site is a new document: no sticky window from the last one
-        return self.prompts.build(prefix, "", self.context_tokens).ids
+        return self.prompts.build(prefix, "", self.context_tokens, fresh=True).ids  # each site is a new document
 
     def _prefix(self, site: Site) -> str:
         """The text before the cursor that the prompt is built from."""

@@ -58,11 +58,12 @@ def _recorded_runs(loaded: Any, tasks: list[Any], max_new_tokens: int, cache: Pa
             if str(data["key"]) == key:
                 bounds = data["bounds"]
                 return [(data["ids"][a:b].tolist(), data["hidden"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    decoder = Decoder(loaded.model, loaded.tokenizer, PromptBuilder(loaded.tokenizer).stop_ids, reuse_kv=False)
+    prompts = PromptBuilder(loaded.tokenizer)
+    decoder = Decoder(loaded.model, loaded.tokenizer, prompts.stop_ids, reuse_kv=False)
     runs = []
     started = time.perf_counter()
     for number, task in enumerate(tasks, 1):
-        prompt = PromptBuilder(loaded.tokenizer).build(task.prefix, task.suffix, 2048).ids
+        prompt = prompts.build(task.prefix, task.suffix, 2048, fresh=True).ids
         recorder = _Recorder()
         out = decoder.generate(prompt, max_new_tokens, stop_rule=recorder)
         hidden = np.concatenate(recorder.hidden)[: len(out.token_ids)] if recorder.hidden else \

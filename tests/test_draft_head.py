@@ -20,8 +20,10 @@ from lsp_server.drafthead.head import (
 from lsp_server.drafthead.train import (
     accuracy,
     bigram_accuracy,
+    epoch_rows,
     greedy_labels,
     model_picks,
+    pair_copies,
     pairs,
     train_draft_head,
 )
@@ -138,6 +140,18 @@ def test_stored_picks_are_used_and_missing_ones_computed():
     assert np.array_equal(labels[::2], np.full(len(labels[::2]), 7)) and np.array_equal(labels[1::2], computed[1::2])
     data.picks = None  # a dataset without stored picks: every row from the LM head
     assert np.array_equal(model_picks(data, lm_head), computed)
+
+
+def test_repeat_weights_a_kind_of_pair_and_drops_tokens_outside_the_vocabulary():
+    kinds = np.array(["file", "generated", "file", "generated", "teacher"])
+    copies = pair_copies(kinds, ["generated=3"])
+    assert copies.tolist() == [1, 3, 1, 3, 1] and pair_copies(kinds, []) is None
+    targets = torch.tensor([[0], [5], [-1], [2], [7]])  # pair 2's next token is outside the head's vocabulary
+    assert epoch_rows(targets).tolist() == [0, 1, 3, 4]
+    assert epoch_rows(targets, copies).tolist() == [0, 1, 1, 1, 3, 3, 3, 4]
+    for bad in (["generated"], ["generated=0"], ["generated=x"], ["genrated=2"]):
+        with pytest.raises(ValueError):
+            pair_copies(kinds, bad)
 
 
 @pytest.mark.parametrize("compute_dtype", [torch.bfloat16, torch.float32])

@@ -70,7 +70,9 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
     report = tmp_path / "draft.json"
     assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
                  "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st"),
-                 "--report", str(report)]) == 0
+                 "--repeat", "file=2", "--report", str(report)]) == 0
     trained = json.loads(report.read_text())
-    assert set(trained["heldout"]) == {"file"} and trained["pairs"] > 0
+    assert set(trained["heldout"]) == {"file"} and trained["pairs"] > 0 and trained["repeat"] == ["file=2"]
+    assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard),
+                 "--repeat", "generated=2"]) == 2  # no generated pairs to weight: refused before training
     assert main(["drafthead", "train", "--model", str(tiny_model_dir)]) == 2  # no data: a clear refusal

@@ -33,6 +33,8 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="train: the dtype of the training products, weights stay float32 (auto: bfloat16 "
                              "where the CPU runs it natively)")
+    parser.add_argument("--repeat", action="append", default=[], metavar="KIND=N",
+                        help="train: see the pairs of a kind of sample (file, teacher, generated) N times per epoch")
     parser.add_argument("--depth", type=int, default=2, help="steps the head is unrolled in training (tokens ahead)")
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of repositories held out")
     parser.add_argument("--threads", type=int, default=2)
@@ -95,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
     from .head import DraftHeadInfo, head_path_for, save_draft_head
-    from .train import accuracy, bigram_accuracy, model_picks, pairs, train_draft_head
+    from .train import accuracy, bigram_accuracy, model_picks, pair_copies, pairs, train_draft_head
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -112,6 +114,11 @@ def _train(args: argparse.Namespace) -> int:
     print(f"labels: the model's own pick differs from the stored next token at "
           f"{float((labels != data.token_ids).mean()):.1%} of positions", file=sys.stderr)
     train = pairs(data, masks["train"], labels, args.depth)
+    try:
+        copies = pair_copies(data.kind[data.sample_index[train.rows]], args.repeat)
+    except ValueError as exc:
+        print(f"error: --repeat {exc}", file=sys.stderr)
+        return 2
     test = pairs(data, masks["heldout_repos"], labels, args.depth)
     kinds = data.kind[data.sample_index[test.rows]]
     tests = {str(kind): test.subset(kinds == kind) for kind in np.unique(kinds)}  # generated, teacher, file
@@ -125,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
         head, batches = train_draft_head(data, train, embed, loaded.model.get_output_embeddings(), args.vocab,
                                          args.width, args.epochs, args.seed, evaluate=evaluate,
                                          progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                                         compute_dtype=compute_dtype)
+                                         compute_dtype=compute_dtype, copies=copies)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -136,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth,
+                "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth, "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])})}

@@ -144,12 +144,44 @@ def accuracy(head: DraftHead, batches: _Batches, test: Pairs, k: int = 4) -> lis
     return [(round(a / n, 3), round(b / n, 3)) for a, b in zip(top1, topk)]
 
 
+def pair_copies(kinds: np.ndarray, specs: list[str]) -> np.ndarray | None:
+    """Per pair, how many times an epoch sees it, from ``KIND=N`` specs (other kinds once);
+    None without specs.  Raises ValueError on a malformed spec or a kind no pair has."""
+    if not specs:
+        return None
+    copies = np.ones(len(kinds), np.int64)
+    for spec in specs:
+        kind, _, count = spec.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{spec!r}: expected KIND=N with N >= 1")
+        chosen = kinds == kind
+        if not chosen.any():
+            raise ValueError(f"{spec!r}: no training pair is of kind {kind!r} (kinds: {sorted(set(kinds.tolist()))})")
+        copies[chosen] = int(count)
+    return copies
+
+
+def epoch_rows(targets: torch.Tensor, copies: np.ndarray | None = None) -> torch.Tensor:
+    """The pair indices one epoch goes through: every pair whose next token the head can
+    propose (one outside its vocabulary teaches nothing), ``copies[i]`` times each.
+
+    Repeating a kind of pair is how its weight is raised: the model's own generations are
+    what the head meets at run time, and they are the scarce, expensive kind of data.
+    """
+    usable = torch.nonzero(targets[:, 0] >= 0).squeeze(1)
+    if copies is None:
+        return usable
+    return usable.repeat_interleave(torch.as_tensor(copies, dtype=torch.int64)[usable])
+
+
 def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: torch.nn.Module, vocab_size: int = 16384,
                      width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 512, lr: float = 2e-3,
                      progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
-                     compute_dtype: torch.dtype = torch.float32) -> tuple[DraftHead, _Batches]:
-    """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix.
+                     compute_dtype: torch.dtype = torch.float32,
+                     copies: np.ndarray | None = None) -> tuple[DraftHead, _Batches]:
+    """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix;
+    ``copies`` (per pair, see ``epoch_rows``) weights some pairs more than others.
 
     The products run in ``compute_dtype`` under autocast while weights and optimizer state
     stay float32.  On this 2-core CPU (native bf16) bfloat16 steps took 320-334 ms against
@@ -164,7 +196,7 @@ def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: 
     head = DraftHead(data.features.shape[1], width, vocab)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
     targets_all = batches.targets(train, torch.arange(len(train.rows)))
-    usable = torch.nonzero(targets_all[:, 0] >= 0).squeeze(1)  # a next token outside the vocabulary teaches nothing
+    usable = epoch_rows(targets_all, copies)
     if not len(usable):
         raise ValueError("no training pairs: the shards hold no positions with a next token")
     batch = min(batch, len(usable))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def test_row_j_is_the_state_that_predicted_token_j(tiny_loaded, tmp_path):
         assert sample.picks[j] == int(tiny_loaded.model.get_output_embeddings()(alone).argmax())
 
 
-def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir):
+def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir, capsys):
     root = _repos(tmp_path / "py", ("alpha", "beta", "gamma", "delta"))
     shard = tmp_path / "data" / "files.npz"
     assert main(["drafthead", "build-data", "--model", str(tiny_model_dir), "--source", f"python={root}",
@@ -68,9 +69,14 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
         assert json.loads(str(data["meta"]))["tokens"]["python/file"] == len(data["token_ids"])
         assert data["picks"].shape == data["token_ids"].shape and (data["picks"] >= 0).all()
     report = tmp_path / "draft.json"
-    assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
-                 "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st"),
-                 "--repeat", "file=2", "--report", str(report)]) == 0
+    train = ["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
+             "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st")]
+    capsys.readouterr()
+    assert main(train) == 0
+    once = re.search(r"epoch 1/1 \((\d+) pairs\)", capsys.readouterr().err)
+    assert main([*train, "--repeat", "file=2", "--report", str(report)]) == 0
+    twice = re.search(r"epoch 1/1 \((\d+) pairs\)", capsys.readouterr().err)
+    assert once and twice and int(twice[1]) == 2 * int(once[1]) > 0  # the weighting reaches the training loop
     trained = json.loads(report.read_text())
     assert set(trained["heldout"]) == {"file"} and trained["pairs"] > 0 and trained["repeat"] == ["file=2"]
     assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard),

@@ -220,5 +220,6 @@ def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: 
             optimizer.step()
             schedule.step()
         report = evaluate(head, batches) if evaluate is not None else ""
-        progress(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")
+        progress(f"epoch {epoch + 1}/{epochs} ({len(usable)} pairs): loss {loss.item():.3f} {report} "
+                 f"({time.perf_counter() - started:.0f}s)")
     return head.eval(), batches

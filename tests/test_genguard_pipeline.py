@@ -97,11 +97,11 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
                        "--width", "16", "--epochs", "2", "--holdout-fraction", "0.5", "--out", str(draft_head),
                        "--report", str(draft_report)]) == 0
     trained = json.loads(draft_report.read_text())
-    assert trained["depth"] == 2 and trained["pairs"] > 0 and set(trained["bigram_baseline"]) == {"generated", "teacher"}
+    assert trained["depth"] == 3 and trained["pairs"] > 0 and set(trained["bigram_baseline"]) == {"generated", "teacher"}
     from transformers import AutoTokenizer
 
     head, info = load_draft_head(draft_head, 64, tokenizer_hash(AutoTokenizer.from_pretrained(tiny_model_dir)))
-    assert len(head.vocab) == 64 and info.training["heldout"]["teacher"][1]["step"] == 2
+    assert len(head.vocab) == 64 and info.training["heldout"]["teacher"][2]["step"] == 3
 
 
 def test_sites_are_capped_per_repository(tmp_path):

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import DRAFT_LEVELS
+
 
 def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``drafthead`` subcommand on the main parser's subparsers."""
@@ -35,7 +37,8 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                              "where the CPU runs it natively)")
     parser.add_argument("--repeat", action="append", default=[], metavar="KIND=N",
                         help="train: see the pairs of a kind of sample (file, teacher, generated) N times per epoch")
-    parser.add_argument("--depth", type=int, default=2, help="steps the head is unrolled in training (tokens ahead)")
+    parser.add_argument("--depth", type=int, default=DRAFT_LEVELS,
+                        help="steps the head is unrolled in training (tokens ahead, as many as the engine drafts)")
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of repositories held out")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from ...drafthead import DRAFT_LEVELS
 from ...drafthead.head import DraftHead, score_rows
 from ..linear import install_row_invariant
 
@@ -34,7 +35,7 @@ class HeadProposer:
     name = "head"
 
     def __init__(self, head: DraftHead, embedding: torch.nn.Module, lm_head: torch.nn.Module,
-                 breadth: tuple[int, ...] = (4, 2, 2), expand: int = 2) -> None:
+                 breadth: tuple[int, ...] = (4,) + (2,) * (DRAFT_LEVELS - 1), expand: int = 2) -> None:
         weight = embedding.weight
         self.embedding = weight
         rows = score_rows(lm_head, head.vocab, head.hidden_size)

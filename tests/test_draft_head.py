@@ -231,8 +231,10 @@ def test_head_tree_levels_expand_the_likeliest_guesses(tiny_loaded):
     hidden = int(tiny_loaded.model.config.hidden_size)
     vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 3))
     proposer = HeadProposer(_random_head(hidden, vocab), tiny_loaded.model.get_input_embeddings(),
-                            tiny_loaded.model.get_output_embeddings(), breadth=(4, 2, 2), expand=2)
+                            tiny_loaded.model.get_output_embeddings())
     nodes = proposer.tree(torch.randn(hidden), 11)
+    # The default tree: 4 first guesses, then 2 children for each of the 2 likeliest nodes,
+    # three levels deep, as many as training unrolls the head by default (DRAFT_LEVELS).
     assert [len(node.path) for node in nodes] == [1] * 4 + [2] * 4 + [3] * 4
     joint = {node.path: node.joint for node in nodes}
     for node in nodes:

@@ -144,9 +144,11 @@ class Session {
     }
   }
 
+  /** Push settings, then wait for a request's answer: the server handles messages in order,
+   *  so its warnings about these settings have arrived by then (a fixed sleep raced on a busy CI). */
   async configure(settings: Record<string, unknown>): Promise<void> {
     await this.connection.sendNotification(DidChangeConfigurationNotification.type, { settings: { swiftguard: settings } });
-    await sleep(200);
+    await this.status();
   }
 
   async open(uri = URI, text = SOURCE): Promise<void> {

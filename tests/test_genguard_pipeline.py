@@ -56,7 +56,7 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
     common = ["--model", str(tiny_model_dir), "--dtype", "float32"]
     assert main(["genguard", "build-data", *common, "--source", f"python={tmp_path / 'py'}",
                  "--source", f"go={tmp_path / 'go'}", "--sites", "6", "--new-tokens", "12",
-                 "--after-tokens", "24", "--out", str(shard)]) == 0
+                 "--after-tokens", "24", "--batch", "4", "--out", str(shard)]) == 0
     with np.load(shard, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         assert data["features"].shape[1] == 64 and data["features"].dtype == np.float16

@@ -32,6 +32,8 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                       help="prompt with the function's header alone (HumanEval-style), not the file up to it")
     data.add_argument("--context-tokens", type=int, default=512)
     data.add_argument("--new-tokens", type=int, default=128, help="generation length of generated samples")
+    data.add_argument("--batch", type=int, default=16,
+                      help="generated samples decoded side by side (one step costs about what one sequence's does)")
     data.add_argument("--after-tokens", type=int, default=96, help="teacher tokens kept after the function's end")
     data.add_argument("--time-budget", type=float, default=None, help="seconds; write what is done by then")
     data.add_argument("--out", type=Path, help="build-data: shard .npz to write; train: head .safetensors")
@@ -92,18 +94,22 @@ def _build_data(args: argparse.Namespace) -> int:
     if not set(kinds) <= {"teacher", "generated"}:
         print(f"error: unknown kinds {args.kinds!r}", file=sys.stderr)
         return 2
+    if args.batch < 1:
+        print("error: --batch must be at least 1", file=sys.stderr)
+        return 2
     opened = open_build(args)
     if isinstance(opened, int):
         return opened
     sources, loaded = opened
     exclude = humaneval_signatures()
     builder = SampleBuilder(loaded, args.context_tokens, args.after_tokens, new_tokens=args.new_tokens,
-                            standalone=args.standalone)
+                            standalone=args.standalone, batch=args.batch)
     hidden_size = int(loaded.model.config.hidden_size)
     writer = ShardWriter(meta={
         "base_model": loaded.name, "hidden_size": hidden_size, "tokenizer_hash": tokenizer_hash(loaded.tokenizer),
         "sources": [f"{s.language}={s.root}" for s in sources], "kinds": kinds, "context_tokens": args.context_tokens,
         "new_tokens": args.new_tokens, "after_tokens": args.after_tokens, "standalone": args.standalone,
+        "batch": args.batch,
     })
     excluded_total = 0
     for source in sources:

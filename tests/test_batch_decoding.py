@@ -1,0 +1,43 @@
+"""Batched greedy decoding (training data) against the engine's one-sequence greedy decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lsp_server.engine.batch_decoding import greedy_batch
+from lsp_server.engine.decoding import Decoder
+from lsp_server.engine.kv_cache import new_cache
+from lsp_server.engine.prompt import PromptBuilder
+
+TEXTS = ["def add(a, b):\n    return ", "import os\n\n\nclass Reader:\n    def __init__(self, path):\n        self.",
+         "x = 1", "for item in items:\n    total += item\nprint(total"]
+
+
+def _prompts(loaded) -> list[list[int]]:
+    builder = PromptBuilder(loaded.tokenizer)
+    return [builder.build(text, "", 512, fresh=True).ids for text in TEXTS]
+
+
+def test_rows_decode_as_they_would_alone(tiny_loaded):
+    prompts = _prompts(tiny_loaded)
+    assert len({len(prompt) for prompt in prompts}) == len(prompts)  # every row padded differently
+    plain = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, frozenset(), reuse_kv=False)
+    free = [plain.generate(prompt, 10).token_ids for prompt in prompts]
+    stop = free[1][3]  # row 1 ends at its 4th token; the others go on without it in the batch
+    stop_ids = frozenset({stop})
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, stop_ids, reuse_kv=False)
+    outputs = greedy_batch(tiny_loaded.model, prompts, 10, stop_ids)
+    for prompt, out in zip(prompts, outputs):
+        reference = decoder.generate(prompt, 10)
+        assert out.token_ids == reference.token_ids
+        assert out.stop_reason == reference.stop_reason
+        states = decoder.hidden_states(prompt + out.token_ids[:-1], new_cache())[len(prompt) - 1 :]
+        torch.testing.assert_close(out.states, states, atol=1e-4, rtol=1e-4)
+    assert outputs[1].stop_reason == "end-of-text" and len(outputs[1].token_ids) <= 3
+    assert any(out.stop_reason == "length" and len(out.token_ids) == 10 for out in outputs)
+
+
+def test_empty_prompt_is_refused(tiny_loaded):
+    with pytest.raises(ValueError):
+        greedy_batch(tiny_loaded.model, [[1, 2], []], 4, frozenset())

@@ -38,6 +38,15 @@ def test_rows_decode_as_they_would_alone(tiny_loaded):
     assert any(out.stop_reason == "length" and len(out.token_ids) == 10 for out in outputs)
 
 
-def test_empty_prompt_is_refused(tiny_loaded):
+def test_empty_prompt_or_budget_is_refused(tiny_loaded):
     with pytest.raises(ValueError):
         greedy_batch(tiny_loaded.model, [[1, 2], []], 4, frozenset())
+    with pytest.raises(ValueError):
+        greedy_batch(tiny_loaded.model, [[1, 2]], 0, frozenset())
+
+
+def test_build_data_refuses_a_batch_below_one(tmp_path, capsys):
+    from lsp_server.genguard.cli import main
+
+    assert main(["genguard", "build-data", "--batch", "0", "--out", str(tmp_path / "shard.npz")]) == 2
+    assert "--batch" in capsys.readouterr().err

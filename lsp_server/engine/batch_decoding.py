@@ -65,8 +65,8 @@ def _prefill(body: torch.nn.Module, prompts: Sequence[Sequence[int]], device: to
 def greedy_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  stop_ids: frozenset[int]) -> list[BatchOutput]:
     """Greedy continuations of ``prompts``, decoded side by side; rows leave the batch as they finish."""
-    if not prompts or any(not prompt for prompt in prompts):
-        raise ValueError("greedy_batch needs at least one prompt and no empty prompt")
+    if not prompts or any(not prompt for prompt in prompts) or max_new_tokens < 1:
+        raise ValueError("greedy_batch needs at least one prompt, no empty prompt and a budget of one token or more")
     device = model.device
     body, lm_head = model.get_decoder(), model.get_output_embeddings()
     width = max(len(prompt) for prompt in prompts)

@@ -34,13 +34,13 @@ class BatchOutput:
 
 
 def _prefill(body: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device
-             ) -> tuple[DynamicCache, torch.Tensor]:
-    """Each prompt's cache, computed alone, then left-padded into one batch cache; and the
-    state after each prompt's last token.
+             ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """Each prompt's cache, computed alone, left-padded into one batch cache; its attention
+    mask; and the state after each prompt's last token.
 
-    Alone, a prompt runs on the engine's kernels with no padding: 16 HumanEval prompts took
-    12.9 s as one padded batch here, about twice their time one by one (prefill is bound by
-    arithmetic, not by reading weights, so batching it saves nothing).
+    Alone, a prompt runs on the engine's kernels with no padding.  As one padded batch, the
+    prefill of 16 HumanEval prompts took 12.9 s here, and a 128-token run of them 24.9 s
+    against 18.1 s this way (prefill is bound by arithmetic, so batching it saves nothing).
     """
     caches, last = [], []
     for prompt in prompts:
@@ -51,14 +51,14 @@ def _prefill(body: torch.nn.Module, prompts: Sequence[Sequence[int]], device: to
     width = max(len(prompt) for prompt in prompts)
     merged = new_cache()
     for index, layer in enumerate(caches[0].layers):
-        batch, heads, _, dim = len(prompts), layer.keys.shape[1], layer.keys.shape[2], layer.keys.shape[3]
-        keys = layer.keys.new_zeros(batch, heads, width, dim)
-        values = layer.values.new_zeros(batch, heads, width, layer.values.shape[3])
+        keys = layer.keys.new_zeros(len(prompts), layer.keys.shape[1], width, layer.keys.shape[3])
+        values = layer.values.new_zeros(len(prompts), layer.values.shape[1], width, layer.values.shape[3])
         for row, (prompt, cache) in enumerate(zip(prompts, caches)):
             keys[row, :, width - len(prompt):] = cache.layers[index].keys[0]
             values[row, :, width - len(prompt):] = cache.layers[index].values[0]
         merged.update(keys, values, index)
-    return merged, torch.stack(last)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return merged, mask, torch.stack(last)
 
 
 @torch.inference_mode()
@@ -69,9 +69,7 @@ def greedy_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], max_n
         raise ValueError("greedy_batch needs at least one prompt, no empty prompt and a budget of one token or more")
     device = model.device
     body, lm_head = model.get_decoder(), model.get_output_embeddings()
-    width = max(len(prompt) for prompt in prompts)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    cache, hidden = _prefill(body, prompts, device)
+    cache, mask, hidden = _prefill(body, prompts, device)
     tokens: list[list[int]] = [[] for _ in prompts]
     states: list[list[torch.Tensor]] = [[] for _ in prompts]
     reasons = ["length"] * len(prompts)

@@ -22,6 +22,7 @@ from lsp_server.drafthead.train import (
     bigram_accuracy,
     epoch_rows,
     greedy_labels,
+    heldout_parts,
     model_picks,
     pair_copies,
     pairs,
@@ -120,6 +121,18 @@ def test_pairs_feed_the_text_and_label_the_models_pick():
     assert np.array_equal(pairs_.ahead, np.stack([data.token_ids[pairs_.rows + 1], data.token_ids[pairs_.rows + 2]], 1))
     assert np.array_equal(pairs_.labels, np.stack([picks[pairs_.rows + 1], picks[pairs_.rows + 2]], 1))
     assert np.array_equal(pairs_.next_tokens, picks[pairs_.rows + 1])
+
+
+def test_heldout_generations_are_split_where_the_function_ends():
+    """A generated pair counts as after the end when the token it guesses carries GenGuard's stop label."""
+    data = _synthetic(n_samples=3, length=6)
+    data.kind = np.array(["generated", "file", "generated"])
+    data.labels[:6] = [0, 0, 0, 1, 1, 1]  # sample 0 ends its function after its third token
+    data.labels[12:] = 0  # sample 2 never reaches the end
+    parts = heldout_parts(data, pairs(data, np.ones(3, bool), data.token_ids))
+    assert parts["generated"].rows.tolist() == [0, 1, 12, 13, 14, 15, 16]
+    assert parts["generated_after_end"].rows.tolist() == [2, 3, 4]
+    assert parts["file"].rows.tolist() == [6, 7, 8, 9, 10]
 
 
 def test_greedy_labels_are_the_lm_heads_argmax_over_every_chunk():

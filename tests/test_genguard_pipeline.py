@@ -97,7 +97,9 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
                        "--width", "16", "--epochs", "2", "--holdout-fraction", "0.5", "--out", str(draft_head),
                        "--report", str(draft_report)]) == 0
     trained = json.loads(draft_report.read_text())
-    assert trained["depth"] == 3 and trained["pairs"] > 0 and set(trained["bigram_baseline"]) == {"generated", "teacher"}
+    assert trained["depth"] == 3 and trained["pairs"] > 0
+    # generations are reported inside the function and after its end (the tiny model rarely writes one)
+    assert {"teacher"} < set(trained["bigram_baseline"]) <= {"generated", "generated_after_end", "teacher"}
     from transformers import AutoTokenizer
 
     head, info = load_draft_head(draft_head, 64, tokenizer_hash(AutoTokenizer.from_pretrained(tiny_model_dir)))

@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
     from .head import DraftHeadInfo, head_path_for, save_draft_head
-    from .train import accuracy, bigram_accuracy, model_picks, pair_copies, pairs, train_draft_head
+    from .train import accuracy, bigram_accuracy, heldout_parts, model_picks, pair_copies, pairs, train_draft_head
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -122,9 +122,7 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --repeat {exc}", file=sys.stderr)
         return 2
-    test = pairs(data, masks["heldout_repos"], labels, args.depth)
-    kinds = data.kind[data.sample_index[test.rows]]
-    tests = {str(kind): test.subset(kinds == kind) for kind in np.unique(kinds)}  # generated, teacher, file
+    tests = heldout_parts(data, pairs(data, masks["heldout_repos"], labels, args.depth))
 
     def evaluate(head, batches) -> str:  # type: ignore[no-untyped-def]
         return " ".join(f"{name} top1/top4 {accuracy(head, batches, part)}" for name, part in tests.items())

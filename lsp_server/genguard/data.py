@@ -135,12 +135,38 @@ def def_lines(text: str) -> set[str]:
     return {" ".join(line.split()) for line in text.splitlines() if line.lstrip().startswith("def ")}
 
 
+FunctionKey = tuple[str, str, str]
+"""(repository, file name, function name): how a site is recognised in shards built earlier."""
+
+
+def shard_files(paths: Sequence[Path]) -> list[Path]:
+    """The finished ``.npz`` shards among ``paths`` (files, or folders of them)."""
+    files = [file for path in paths for file in (sorted(path.glob("*.npz")) if path.is_dir() else [path])]
+    return [file for file in files if not file.name.endswith(".partial.npz")]
+
+
+def shard_functions(paths: Sequence[Path]) -> frozenset[FunctionKey]:
+    """The functions that the shards in ``paths`` already hold samples of.  Sites are picked file
+    by file in a fixed order and only shuffled within a file, so another seed over the same
+    repositories mostly repeats earlier functions; skipping these makes a new shard new."""
+    files = shard_files(paths)
+    if paths and not files:
+        raise FileNotFoundError(f"no shards in {', '.join(map(str, paths))}")
+    keys: set[FunctionKey] = set()
+    for file in files:
+        with np.load(file, allow_pickle=False) as data:
+            keys.update(zip(data["sample_repo"].tolist(), (Path(p).name for p in data["sample_path"].tolist()),
+                            data["sample_name"].tolist()))
+    return frozenset(keys)
+
+
 def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_chars: int = 30,
                   max_chars: int = 1800, exclude: frozenset[str] = frozenset(),
-                  per_repo: int | None = None) -> tuple[list[Site], int]:
+                  per_repo: int | None = None, skip: frozenset[FunctionKey] = frozenset()) -> tuple[list[Site], int]:
     """Up to ``count`` function sites of ``source``, at most ``per_file`` per file and ``per_repo``
     per repository (so that one big repository does not fill the quota and whole-repository
-    held-out splits stay meaningful); also the number excluded as HumanEval look-alikes."""
+    held-out splits stay meaningful), none of the functions in ``skip``; also the number
+    excluded as HumanEval look-alikes."""
     rng = random.Random(seed)
     sites: list[Site] = []
     per_repo_count: Counter[str] = Counter()
@@ -158,6 +184,8 @@ def collect_sites(source: Source, count: int, seed: int, per_file: int = 3, min_
         for function in iter_functions(text, source.language, top_level_only=True):
             body = text[function.cursor : function.end]
             if not min_chars <= len(body) <= max_chars or body.count("\n") > 60:
+                continue
+            if (repo, path.name, function.name) in skip:
                 continue
             header = " ".join(text[function.start : text.find("\n", function.start)].split())
             if header in exclude or any(header.endswith(sig) for sig in exclude if header.startswith("@")):

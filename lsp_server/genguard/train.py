@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import IGNORE
+from .data import IGNORE, shard_files
 from .head import GuardHead, HeadInfo, load_head, save_head
 from .rule import GenGuardStop
 
@@ -62,14 +62,10 @@ class Dataset:
 
 
 def load_shards(paths: list[Path]) -> Dataset:
-    files: list[Path] = []
-    for path in paths:
-        files.extend(sorted(path.glob("*.npz")) if path.is_dir() else [path])
+    files = shard_files(paths)
     parts: dict[str, list[np.ndarray]] = {}
     metas, offset = [], 0
     for file in files:
-        if file.name.endswith(".partial.npz"):
-            continue
         with np.load(file, allow_pickle=False) as data:
             for key in ("features", "labels", "token_ids", "sample_language", "sample_repo", "sample_kind"):
                 parts.setdefault(key, []).append(data[key])

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from ..engine.kv_cache import forward_with_cache
 from ..engine.speculation.draft_tree import DraftTree
 from ..engine.speculation.verify import TreeVerifier, Verified
 
@@ -62,8 +63,8 @@ class CheckedVerifier:
         fed = [*pending, *(tree.tokens[node] for node in result.path)]
         states = []
         for token in fed:
-            out = self.verify.body(input_ids=torch.tensor([[token]], device=self.verify.device),
-                                   past_key_values=cache, use_cache=True)
+            out = forward_with_cache(self.verify.body, cache,
+                                     input_ids=torch.tensor([[token]], device=self.verify.device))
             states.append(out.last_hidden_state[0, -1])
         reference = torch.stack(states[len(pending) - 1 :])  # the states that predicted each accepted token
         tokens = [int(self.verify.head(state[None]).argmax(-1)) for state in reference]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .kv_cache import new_cache
+from .kv_cache import forward_with_cache, new_cache
 
 
 @dataclass
@@ -45,7 +45,7 @@ def _prefill(body: torch.nn.Module, prompts: Sequence[Sequence[int]], device: to
     caches, last = [], []
     for prompt in prompts:
         cache = new_cache()
-        out = body(input_ids=torch.tensor([list(prompt)], device=device), past_key_values=cache, use_cache=True)
+        out = forward_with_cache(body, cache, input_ids=torch.tensor([list(prompt)], device=device))
         caches.append(cache)
         last.append(out.last_hidden_state[0, -1])
     width = max(len(prompt) for prompt in prompts)
@@ -94,9 +94,9 @@ def greedy_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], max_n
             picks = [picks[row] for row in keep]
             rows = [rows[row] for row in keep]
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
-        hidden = body(input_ids=torch.tensor(picks, device=device).reshape(-1, 1), attention_mask=mask,
-                      position_ids=mask.sum(-1, keepdim=True) - 1, past_key_values=cache,
-                      use_cache=True).last_hidden_state[:, -1]
+        hidden = forward_with_cache(body, cache, input_ids=torch.tensor(picks, device=device).reshape(-1, 1),
+                                    attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1
+                                    ).last_hidden_state[:, -1]
     empty = torch.empty(0, model.config.hidden_size, dtype=model.dtype, device=device)
     return [BatchOutput(ids, torch.stack(rows_) if rows_ else empty, reason)
             for ids, rows_, reason in zip(tokens, states, reasons)]

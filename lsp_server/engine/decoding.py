@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from .kv_cache import new_cache
+from .kv_cache import forward_with_cache, new_cache
 from .kv_reuse import PrefixKVCache
 from .speculation.draft_tree import DraftTree
 from .speculation.verify import TreeVerifier, Verified
@@ -82,7 +82,7 @@ class Decoder:
     def hidden_states(self, ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:
         """Final-norm hidden states of ``ids`` appended to ``cache`` (which grows)."""
         input_ids = torch.tensor([list(ids)], device=self.model.device)
-        return self.verify.body(input_ids=input_ids, past_key_values=cache, use_cache=True).last_hidden_state[0]
+        return forward_with_cache(self.verify.body, cache, input_ids=input_ids).last_hidden_state[0]
 
     def _judge(self, rule: StopRule, generated: list[int], accepted: list[int],
                hidden: torch.Tensor) -> tuple[list[int], str, StopDecision | None]:

@@ -12,6 +12,10 @@ position, so results do not change by a bit.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -69,3 +73,17 @@ def new_cache() -> DynamicCache:
     cache = DynamicCache()
     cache.layer_class_to_replicate = GrowingLayer  # layers are made on first use, none exist yet
     return cache
+
+
+def forward_with_cache(body: torch.nn.Module, cache: DynamicCache, **inputs: Any) -> Any:
+    """Run a transformers decoder ``body`` on ``inputs``, appending to ``cache``.
+
+    transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name
+    still works but warns, and goes in 5.40); earlier 5.x releases know only the old name,
+    and ``pyproject.toml`` admits both."""
+    return body(**{_cache_keyword(type(body)): cache}, use_cache=True, **inputs)
+
+
+@functools.cache
+def _cache_keyword(body_type: type) -> str:
+    return "cache" if "cache" in inspect.signature(body_type.forward).parameters else "past_key_values"

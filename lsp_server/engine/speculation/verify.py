@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..kv_cache import forward_with_cache
 from .draft_tree import DraftTree
 
 
@@ -92,7 +93,7 @@ class TreeVerifier:
             positions = tree_position_ids(past, len(pending), tree)
             kwargs["position_ids"] = torch.tensor([positions], device=self.device)
             kwargs["attention_mask"] = tree_attention_mask(past, len(pending), tree, self.dtype).to(self.device)
-        out = self.body(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
+        out = forward_with_cache(self.body, cache, input_ids=ids, **kwargs)
         states = out.last_hidden_state[0, len(pending) - 1 :]  # row 0: root, row i + 1: node i
         children: dict[int, dict[int, int]] = {}
         for index, parent in enumerate(tree.parents):

@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+from lsp_server.bench.methods import GenerateMethod
+from lsp_server.engine.prompt import PromptBuilder
+from lsp_server.stop_rule import StopDecision
+
 
 def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     repo = tmp_path / "repo"
@@ -56,3 +60,32 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
     checks = {name: report["details"][name]["exactness"] for name in ("swift", "swift-fixed4", "ceiling")}
     assert checks["swift-fixed4"]["checked_passes"] > 0 and checks["ceiling"]["checked_passes"] > 0
     assert all("mismatched_passes" in check for check in checks.values())
+
+
+class _StopAfter:
+    """A stop rule that ends the completion after ``count`` tokens, keeping all their text."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.seen = count, 0
+
+    def begin(self, prefix: str, suffix: str) -> None:
+        self.seen = 0
+
+    def step(self, text, accepted, hidden):
+        self.seen += len(accepted)
+        return StopDecision(len(text), "count") if self.seen >= self.count else None
+
+
+def test_prompt_lookup_counts_no_token_past_the_stop(tiny_loaded):
+    """A prompt-lookup pass can accept tokens after the one the stop rule stopped at; plain
+    decoding never writes them, so they must not count as new tokens (nor inflate tokens/s)."""
+    stop_ids = PromptBuilder(tiny_loaded.tokenizer).stop_ids
+    ar, pld = GenerateMethod(tiny_loaded, stop_ids, None), GenerateMethod(tiny_loaded, stop_ids, 10)
+    start = tiny_loaded.tokenizer("def add(a, b):\n    return a + b\n", add_special_tokens=False)["input_ids"]
+    # The model's own continuation, put in the prompt twice, gives prompt lookup long right drafts.
+    loop = ar.run(start, 24, None).token_ids
+    prompt = [*start, *loop, *start, *loop, *start]
+    plain, lookup = ar.run(prompt, 40, _StopAfter(3)), pld.run(prompt, 40, _StopAfter(3))
+    assert lookup.forward_passes < plain.forward_passes  # it only bites if passes accepted several tokens
+    assert plain.new_tokens == lookup.new_tokens == 3
+    assert lookup.token_ids == plain.token_ids and lookup.text == plain.text

@@ -66,6 +66,9 @@ class _RuleCriteria(StoppingCriteria):
         self.decode = decode
         self.prompt_length = prompt_length
         self.keep_chars: int | None = None
+        self.stopped_after: int | None = None
+        """New tokens up to and including the one the rule stopped at: a prompt-lookup pass
+        may have accepted more, which plain decoding would never have produced."""
         self._seen = 0
         self._states: torch.Tensor | None = None
         self._hook = norm.register_forward_hook(self._capture)
@@ -83,10 +86,15 @@ class _RuleCriteria(StoppingCriteria):
         hidden = None
         if states is not None:
             hidden = states[-1:] if self._seen == 0 else states[:fresh]
-        self._seen = len(new)
-        decision = self.rule.step(self.decode(new), new[-fresh:], hidden)
-        if decision is not None:
-            self.keep_chars = decision.keep_chars
+        seen, self._seen = self._seen, len(new)
+        decision = None
+        for index in range(seen, len(new)):  # one token at a time, to know which one stopped it
+            row = index - seen
+            decision = self.rule.step(self.decode(new[: index + 1]), [new[index]],
+                                      None if hidden is None else hidden[row : row + 1])
+            if decision is not None:
+                self.keep_chars, self.stopped_after = decision.keep_chars, index + 1
+                break
         return torch.full((input_ids.shape[0],), decision is not None, dtype=torch.bool, device=input_ids.device)
 
 
@@ -176,6 +184,8 @@ class GenerateMethod:
         seconds = time.perf_counter() - started
         first_token = seconds if counter.second_pass_at is None else counter.second_pass_at - started
         new = out[0, len(prompt) :].tolist()
+        if criteria is not None and criteria.stopped_after is not None:
+            new = new[: criteria.stopped_after]
         ends = [i for i, token in enumerate(new) if token in self.stop_ids]
         new = new[: ends[0]] if ends else new
         text = tokenizer.decode(new)

@@ -42,8 +42,6 @@ def test_complete_cli_on_the_example_gives_working_code(tmp_path):
     result = json.loads(out.stdout)
     completion = result["completion"]
     assert result["engine"]["model"] == default_model.MODEL_ID
-    # The head shipped in the package (or one trained into the cache dir) fits the real tokenizer.
-    assert result["engine"]["draft_head"].startswith(f"draft head {Path(default_model.MODEL_ID).name.lower()}")
     assert "return" in completion
     source = EXAMPLE.read_text()
     lines = source.splitlines(keepends=True)

@@ -7,10 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from lsp_server.drafthead.head import (
-    SHIPPED_DIR,
     DraftHead,
     DraftHeadInfo,
     find_draft_head,
@@ -31,7 +29,6 @@ from lsp_server.drafthead.train import (
     train_draft_head,
 )
 from lsp_server.engine.completer import build_drafter
-from lsp_server.engine import default_model
 from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.speculation.drafter import DrafterConfig
@@ -76,40 +73,14 @@ def test_heads_live_in_the_cache_dir_by_default(tmp_path, monkeypatch):
 
 def test_lookup_by_model_name_says_why_not(tmp_path, tiny_loaded):
     hidden = int(tiny_loaded.model.config.hidden_size)
-    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, [tmp_path])
+    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, tmp_path)
     assert head is None and "no draft head" in status
     save_draft_head(tmp_path / f"{model_key(tiny_loaded.name)}.safetensors", _random_head(hidden, [3]),
                     _info(tiny_loaded))
-    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, [tmp_path])
+    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, tmp_path)
     assert head is not None and "1 tokens" in status
-    head, status = find_draft_head(tiny_loaded.name, hidden + 8, tiny_loaded.tokenizer, [tmp_path])
+    head, status = find_draft_head(tiny_loaded.name, hidden + 8, tiny_loaded.tokenizer, tmp_path)
     assert head is None and "refusing" in status
-
-
-def test_a_head_in_the_first_folder_replaces_the_shipped_one(tmp_path, tiny_loaded):
-    hidden = int(tiny_loaded.model.config.hidden_size)
-    mine, shipped = tmp_path / "cache", tmp_path / "shipped"
-    name = f"{model_key(tiny_loaded.name)}.safetensors"
-    save_draft_head(shipped / name, _random_head(hidden, [3, 4]), _info(tiny_loaded))
-    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, [mine, shipped])
-    assert head is not None and "2 tokens" in status and str(shipped) in status
-    save_draft_head(mine / name, _random_head(hidden, [3]), _info(tiny_loaded))
-    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, [mine, shipped])
-    assert head is not None and "1 tokens" in status and str(mine) in status
-    # A damaged head of your own is reported, not silently swapped for the shipped one.
-    (mine / name).write_bytes(b"not a safetensors file")
-    head, status = find_draft_head(tiny_loaded.name, hidden, tiny_loaded.tokenizer, [mine, shipped])
-    assert head is None and "cannot read" in status
-
-
-def test_the_shipped_head_fits_the_default_model():
-    """The package's head is the default model's (its tokenizer is checked with the real model
-    in test_default_model.py)."""
-    shipped = sorted(SHIPPED_DIR.glob("*.safetensors"))
-    assert [path.name for path in shipped] == [f"{model_key(default_model.MODEL_ID)}.safetensors"]
-    with safe_open(str(shipped[0]), framework="pt") as handle:
-        info = DraftHeadInfo.from_metadata(handle.metadata(), shipped[0])
-    assert model_key(info.base_model) == model_key(default_model.MODEL_ID) and info.hidden_size == 896
 
 
 def test_score_rows_are_the_lm_head_weights_exactly(tiny_loaded):

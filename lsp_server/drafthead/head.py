@@ -12,10 +12,9 @@ speculation's time on HumanEval here (8.6 of ~123 ms per pass on a slow day), an
 proposes: the verifier still decides, so output is unchanged whatever it guesses.
 
 Weights are safetensors with string metadata (base model id, hidden size, tokenizer hash,
-training summary) like GenGuard's heads, so a head is only used with its own model.  The
-default model's head ships in the package (``heads/``, 5.6 MB), so that a fresh install
-speculates with it; ``swiftguard drafthead train`` writes a head into the cache dir, which
-is looked at first, so a head trained for your own model or code takes over.
+training summary) like GenGuard's heads, so a head is only used with its own model.  They
+are not shipped in the package (5.6 MB for the default model): ``swiftguard drafthead
+train`` writes them into the cache dir, where the engine looks them up by model name.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,10 +32,6 @@ from ..genguard.head import HeadError, model_key, tokenizer_hash
 from ..paths import cache_root
 
 FORMAT = "swiftguard-draft-head-1"
-
-
-SHIPPED_DIR = Path(__file__).parent / "heads"
-"""Heads that come with the package (the default model's)."""
 
 
 def head_path_for(model_name: str, directory: Path | None = None) -> Path:
@@ -130,20 +125,13 @@ def load_draft_head(path: Path, hidden_size: int, tokenizer_key: str) -> tuple[D
 
 
 def find_draft_head(model_name: str, hidden_size: int, tokenizer: Any,
-                    directories: Sequence[Path] | None = None) -> tuple[DraftHead | None, str]:
-    """The trained head for the loaded model (or None) and a line for status saying which or why not.
-
-    ``directories`` are searched in order (by default the cache dir, then the package's
-    shipped heads); the first file named for the model decides, so a head you trained
-    replaces the shipped one even when it is refused (the status line says why)."""
-    searched = directories if directories is not None else (head_path_for(model_name).parent, SHIPPED_DIR)
-    candidates = (head_path_for(model_name, folder) for folder in searched)
-    path = next((candidate for candidate in candidates if candidate.is_file()), None)
-    if path is None:
+                    directory: Path | None = None) -> tuple[DraftHead | None, str]:
+    """The trained head for the loaded model (or None) and a line for status saying which or why not."""
+    path = head_path_for(model_name, directory)
+    if not path.is_file():
         return None, f"no draft head for {model_name} (train one: swiftguard drafthead build-data, then train)"
     try:
         head, _info = load_draft_head(path, hidden_size, tokenizer_hash(tokenizer))
     except HeadError as exc:
         return None, str(exc)
-    where = "shipped" if path.parent == SHIPPED_DIR else str(path.parent)
-    return head, f"draft head {path.name} ({where}, {len(head.vocab)} tokens)"
+    return head, f"draft head {path.name} ({len(head.vocab)} tokens)"

@@ -47,8 +47,7 @@ def build_drafter(
 
     Its tree size follows this device's verify-cost curve (measured once, then read from the
     cache) unless ``config`` fixes it; prompt lookup covers the request's own text; the
-    trained draft head (the cache dir's, else the shipped one) joins when it fits the model
-    (``drafter.head_status`` says which).
+    trained draft head (cache dir) joins when one fits the model (``drafter.head_status`` says which).
     """
     cost = verify_cost_model(loaded, decoder) if config.fixed_nodes is None else None
     head, head_status = None, "draft head off"

@@ -85,7 +85,8 @@ class CpuShare:
 def cost_model_for(verify: TreeVerifier, model_name: str, vocab: int, kernels: str,
                    share: type[CpuShare] = CpuShare) -> VerifyCostModel:
     """The saved cost curve for this model/device/dtype/kernels, measuring it if there is none."""
-    key = hashlib.sha256(f"{model_name}|{verify.device}|{verify.dtype}|{kernels}|{CURVE_VERSION}".encode()).hexdigest()[:16]
+    identity = f"{model_name}|{verify.device}|{verify.dtype}|{kernels}|{CURVE_VERSION}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = Path(cache_root()) / "calibration" / f"verify-cost-{key}.json"
     saved = VerifyCostModel.load(path)
     if saved is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from lsp_server.datastore.types import Candidate
@@ -216,3 +218,41 @@ def test_sources_continue_the_head_guess_they_could_not_make():
     assert trees[True].tokens == [5, 7, 8, 9] and trees[True].parents == [-1, 0, 1, 2]
     assert "repo" in trees[True].sources[1]
     assert trees[False].tokens == [5]
+
+
+def test_node_calibration_learns_observed_acceptance_and_keeps_the_order():
+    from lsp_server.engine.speculation.acceptance import NodeCalibration
+
+    calibration = NodeCalibration()
+    assert all(abs(a - b) < 1e-5 for a, b in zip(calibration([0.05, 0.35, 0.95]), [0.05, 0.35, 0.95]))
+    rng = random.Random(0)
+    for _ in range(400):  # nodes accepted half as often as their probability says
+        probabilities = [rng.random() for _ in range(8)]
+        calibration.observe(probabilities, {i for i, p in enumerate(probabilities) if rng.random() < p / 2})
+    assert abs(calibration([0.35])[0] - 0.175) < 0.05
+    assert abs(calibration([0.85])[0] - 0.425) < 0.07
+    raw = sorted(rng.random() for _ in range(200))
+    mapped = calibration(raw)
+    assert all(a < b for a, b in zip(mapped, mapped[1:]))  # strictly increasing: the tree's order is kept
+    assert all(0.0 <= p <= 1.0 for p in mapped)
+
+
+def test_an_overconfident_source_gets_smaller_trees_once_its_nodes_are_seen_failing():
+    """A source whose drafts are rarely right: the budget sizes its trees from what was accepted."""
+    cost = VerifyCostModel([0, 1, 64], [0.05, 0.06, 0.25])
+    sizes = {}
+    for recalibrate in (False, True):
+        drafter = SpeculativeDrafter(cost, DrafterConfig(max_nodes=32, use_cache=False, use_recycling=False,
+                                                         use_head=False, recalibrate=recalibrate))
+        trees = []
+        for step in range(60):
+            tokens = list(range(step + 5))
+            tree = build_tree([Draft(tuple(range(1000 + 8 * k, 1008 + 8 * k)), 0.5, "overconfident",
+                                     continuation=0.9) for k in range(3)], 32)
+            sized = drafter.size_tree(tree)
+            trees.append(len(sized))
+            verified = Verified([7], torch.zeros(1, 1), [], torch.zeros(1, 1))  # the model wrote none of it
+            drafter.observe(tokens, sized, verified, cost(len(sized)))
+        sizes[recalibrate] = trees
+    assert sizes[False][-1] == sizes[False][0] > 0
+    assert sizes[True][-1] < sizes[False][-1]

@@ -285,3 +285,26 @@ def test_exactness_check_time_is_kept_from_the_drafter_that_sizes_trees(tiny_loa
     decoder.generate(prompt, 20, drafter=drafter)
     assert checker.checked_passes > 0 and checker.seconds >= 0.3 * checker.checked_passes
     assert max(observed) < 0.3
+
+
+def test_a_likely_sibling_off_the_chain_gets_its_logits_from_the_passs_one_product(tiny_loaded):
+    """The walk leaves the most probable chain for a sibling the drafter thought likely:
+    its logits come from the same LM-head product as the chain's, not from a second one."""
+    from lsp_server.engine.kv_cache import new_cache
+    from lsp_server.engine.speculation.verify import ROW_WORTH
+
+    prompt = _prompt(tiny_loaded, "def add(a, b):\n    ")
+    greedy = _decoder(tiny_loaded).generate(prompt, 3).token_ids
+    decoder = _decoder(tiny_loaded)
+    head, calls = decoder.verify.head, []
+    decoder.verify.head = lambda rows: calls.append(len(rows)) or head(rows)
+    for sibling_p, products in ((0.5, 1), (ROW_WORTH / 2, 3)):  # unlikely: one more product per row
+        cache = new_cache()
+        decoder.verify(cache, prompt[:-1], DraftTree.empty())
+        wrong = (greedy[0] + 1) % tiny_loaded.model.config.vocab_size
+        tree = DraftTree(tokens=[wrong, greedy[0], greedy[1]], parents=[-1, -1, 1], depths=[1, 1, 2],
+                         probabilities=[0.9, sibling_p, sibling_p * 0.9], sources=[frozenset()] * 3)
+        calls.clear()
+        verified = decoder.verify(cache, prompt[-1:], tree)
+        assert verified.accepted == greedy[:3] and verified.path == [1, 2]
+        assert len(calls) == products

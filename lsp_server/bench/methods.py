@@ -6,7 +6,8 @@
   of the task's language (HumanEval's for Python, MultiPL-E's for the others) and ignores
   ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
-  component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``nolookahead``, ``fixed16``...).
+  component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``nolookahead``,
+  ``norecalibrate``, ``fixed16``...).
 - ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
   drafts the true next tokens as one chain, as many as this device's verify-cost curve
   says pay.  No real drafter can do better with this verifier, so it shows how much of a
@@ -202,6 +203,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "notiming": {"timing_control": False},
     "nohead": {"use_head": False},
     "nolookahead": {"head_lookahead": False},
+    "norecalibrate": {"recalibrate": False},
     "noretrieval": {},
     "fixed4": {"fixed_nodes": 4},
     "fixed16": {"fixed_nodes": 16},

@@ -26,9 +26,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from .acceptance import NodeCalibration, Rate
 from .budget import OnlineCost, VerifyCostModel, best_prefix
 from .draft_tree import Draft, DraftTree, build_tree
 from .head_drafts import HeadProposer
@@ -47,24 +48,6 @@ CONTINUATION_PRIOR = {0: 0.5, 2: 0.6, 4: 0.7, 8: 0.8, 16: 0.9}
 
 def match_bucket(match: int) -> int:
     return next((bucket for bucket in MATCH_BUCKETS if match <= bucket), MATCH_BUCKETS[-1])
-
-
-class Rate:
-    """A decayed estimate of a probability, starting from a prior worth a few observations."""
-
-    def __init__(self, prior: float, strength: float = 4.0, decay: float = 0.98) -> None:
-        self.hits = prior * strength
-        self.trials = strength
-        self.decay = decay
-
-    def update(self, hit: float) -> None:
-        """One observation: a hit (1) or miss (0), or a probability to average."""
-        self.hits = self.hits * self.decay + hit
-        self.trials = self.trials * self.decay + 1.0
-
-    @property
-    def value(self) -> float:
-        return self.hits / self.trials
 
 
 @dataclass
@@ -105,6 +88,8 @@ class DrafterStats:
     """Passes in which the source's best guess for the next token was the model's token."""
     rates: dict[tuple[str, int], tuple[Rate, Rate]] = field(default_factory=dict)
     """Per (source, match bucket): the learned first-token and continuation rates."""
+    node_calibration: NodeCalibration = field(default_factory=NodeCalibration)
+    """How often tree nodes were accepted, by the probability the drafter gave them."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +110,10 @@ class DrafterStats:
                 f"{source}/{bucket}": {"first_token": round(first.value, 3), "continuation": round(cont.value, 3)}
                 for (source, bucket), (first, cont) in sorted(self.rates.items())
             },
+            "node_acceptance_by_probability": {
+                f"{centre:.2f}": round(rate.value, 3)
+                for centre, rate in zip(self.node_calibration.centres, self.node_calibration.rates)
+            },
         }
 
 
@@ -140,6 +129,8 @@ class DrafterConfig:
     use_head: bool = True
     head_lookahead: bool = True
     """Ask the sources again after the head's top guess when none of them offered it."""
+    recalibrate: bool = True
+    """Map node probabilities to observed acceptance (``acceptance.NodeCalibration``) before sizing the tree."""
 
 
 class SpeculativeDrafter:
@@ -188,6 +179,9 @@ class SpeculativeDrafter:
         """The head's mean probability for its top first guess, and for its top chain's second
         guess when the first was right: what its observed rates rescale it against."""
         self._head_top: tuple[float, float | None] | None = None
+        self.node_calibration = self.stats.node_calibration
+        self._drafted_probabilities: list[float] = []
+        """The uncalibrated probabilities of the last tree's verified nodes: what the calibration learns from."""
 
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
@@ -291,13 +285,21 @@ class SpeculativeDrafter:
             started = time.perf_counter()
             scaled += self._head_drafts(tokens, {draft.tokens[0] for draft in scaled})
             self.stats.head_seconds += time.perf_counter() - started
-        tree = build_tree(scaled, self.config.max_nodes)
+        return self.size_tree(build_tree(scaled, self.config.max_nodes))
+
+    def size_tree(self, tree: DraftTree) -> DraftTree:
+        """Recalibrate a built tree's probabilities to observed acceptance and keep the
+        prefix that pays on this device (or the configured fixed size)."""
+        raw = tree.probabilities
+        if self.config.recalibrate:
+            tree = replace(tree, probabilities=self.node_calibration(raw))
         if self.config.fixed_nodes is not None:
             keep = self.config.fixed_nodes
         elif self.cost is not None:
             keep = best_prefix(tree.probabilities, self.cost, self.config.max_nodes)
         else:
             keep = len(tree)
+        self._drafted_probabilities = raw[:keep]
         return tree.prefix(keep)
 
     def _head_drafts(self, tokens: Sequence[int], offered: set[int]) -> list[Draft]:
@@ -387,6 +389,7 @@ class SpeculativeDrafter:
             return
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
+        self.node_calibration.observe(self._drafted_probabilities[: len(tree)], set(verified.path))
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1

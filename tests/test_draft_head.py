@@ -264,3 +264,18 @@ def test_explicit_masses_rank_a_sources_own_tree():
               Draft((1, 3), 0, "head", masses=(0.0, 0.05)), Draft((4,), 0, "head", masses=(0.2,))]
     tree = build_tree(drafts, max_nodes=3)
     assert tree.tokens == [1, 2, 4] and tree.probabilities == pytest.approx([0.6, 0.5, 0.2])
+
+
+def test_guesses_below_the_first_level_come_from_the_most_frequent_tokens(tiny_loaded, monkeypatch):
+    from lsp_server.engine.speculation import head_drafts
+
+    monkeypatch.setattr(head_drafts, "DEEP_VOCAB", 20)
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 3))  # most frequent first, as trained
+    proposer = HeadProposer(_random_head(hidden, vocab, seed=3), tiny_loaded.model.get_input_embeddings(),
+                            tiny_loaded.model.get_output_embeddings())
+    for seed in range(5):
+        torch.manual_seed(seed)
+        nodes = proposer.tree(torch.randn(hidden), 11)
+        assert all(node.path[-1] in vocab[:20] for node in nodes if len(node.path) > 1)
+        assert all(node.path[-1] in vocab for node in nodes)

@@ -179,7 +179,6 @@ class SpeculativeDrafter:
         """The head's mean probability for its top first guess, and for its top chain's second
         guess when the first was right: what its observed rates rescale it against."""
         self._head_top: tuple[float, float | None] | None = None
-        self.node_calibration = self.stats.node_calibration
         self._drafted_probabilities: list[float] = []
         """The uncalibrated probabilities of the last tree's verified nodes: what the calibration learns from."""
 
@@ -292,7 +291,7 @@ class SpeculativeDrafter:
         prefix that pays on this device (or the configured fixed size)."""
         raw = tree.probabilities
         if self.config.recalibrate:
-            tree = replace(tree, probabilities=self.node_calibration(raw))
+            tree = replace(tree, probabilities=self.stats.node_calibration(raw))
         if self.config.fixed_nodes is not None:
             keep = self.config.fixed_nodes
         elif self.cost is not None:
@@ -389,7 +388,7 @@ class SpeculativeDrafter:
             return
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
-        self.node_calibration.observe(self._drafted_probabilities[: len(tree)], set(verified.path))
+        self.stats.node_calibration.observe(self._drafted_probabilities[: len(tree)], set(verified.path))
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1

@@ -51,13 +51,15 @@ class HeadProposer:
         self.embedding = weight
         rows = score_rows(lm_head, head.vocab, head.hidden_size)
         self.scores = self._scoring(rows.to(weight.dtype))
-        self.deep_scores = self._scoring(rows[:DEEP_VOCAB].to(weight.dtype))
+        # A head that knows no more tokens than that scores every level with the same layer.
+        self.deep_scores = self.scores if len(rows) <= DEEP_VOCAB else self._scoring(
+            rows[:DEEP_VOCAB].to(weight.dtype))
         self.head = head.to(device=weight.device, dtype=weight.dtype)
         self.vocab: list[int] = head.vocab.tolist()
         self.breadth = breadth
         self.expand = expand
         if weight.device.type == "cpu":
-            install_row_invariant(torch.nn.ModuleList([self.head, self.scores, self.deep_scores]))
+            install_row_invariant(torch.nn.ModuleList([self.head, self.scores, self.deep_scores]))  # modules() dedupes
 
     @staticmethod
     def _scoring(rows: torch.Tensor) -> torch.nn.Linear:

@@ -19,16 +19,16 @@ MODULE = types.SimpleNamespace(num_key_value_groups=3, is_causal=True)
 GROUPED = {groups: types.SimpleNamespace(num_key_value_groups=groups, is_causal=True) for groups in (1, 2, 3, 6, 7, 8)}
 
 
-def random_tree(past: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
-    """[tokens, past + tokens] visibility of a verification pass: the pending token (the root)
-    and a random tree of ``tokens - 1`` nodes under it, as the verifier builds it."""
-    parents = [int(torch.randint(-1, i, (1,), generator=generator)) for i in range(tokens - 1)]
+def random_tree(past: int, tokens: int, generator: torch.Generator, pending: int = 1) -> torch.Tensor:
+    """[tokens, past + tokens] visibility of a verification pass: the pending tokens (the last
+    is the root) and a random tree of ``tokens - pending`` nodes under it, as the verifier builds it."""
+    parents = [int(torch.randint(-1, i, (1,), generator=generator)) for i in range(tokens - pending)]
     depths: list[int] = []
     for parent in parents:
         depths.append(1 if parent == -1 else depths[parent] + 1)
     n = len(parents)
     tree = DraftTree([0] * n, parents, depths, [1.0] * n, [frozenset()] * n)
-    return tree_attention_mask(past, 1, tree, torch.float32)[0, 0] == 0
+    return tree_attention_mask(past, pending, tree, torch.float32)[0, 0] == 0
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -60,6 +60,24 @@ def test_a_tree_token_gets_the_bits_of_decoding_it_alone(past, tokens, groups):
         alone, _ = decoding_attention(GROUPED[groups], query[:, :, token : token + 1], key[:, :, keys],
                                       value[:, :, keys], None, scaling=0.125)
         assert torch.equal(alone[:, 0], tree[:, token]), f"token {token} of {tokens} after {past}"
+
+
+# A prompt with a tree after it (a request's first pass): longer than a tree may be, crossing a
+# block boundary inside the prompt, inside the tree, and a short prompt left to the tree plan.
+@pytest.mark.parametrize("past,pending,nodes", [(0, 300, 24), (100, 200, 40), (BLOCK - 20, 30, 30), (0, 5, 12)])
+def test_a_prompt_and_tree_token_gets_the_bits_of_decoding_it_alone(past, pending, nodes):
+    generator = torch.Generator().manual_seed(past + pending)
+    tokens = pending + nodes
+    query = torch.randn(1, 14, tokens, 64, generator=generator).to(torch.bfloat16)
+    key = torch.randn(1, 2, past + tokens, 64, generator=generator).to(torch.bfloat16)
+    value = torch.randn(1, 2, past + tokens, 64, generator=generator).to(torch.bfloat16)
+    allowed = random_tree(past, tokens, generator, pending)
+    together, _ = decoding_attention(GROUPED[7], query, key, value, additive(allowed, torch.bfloat16), scaling=0.125)
+    for token in [*range(0, pending, 7), *range(pending - 1, tokens)]:
+        keys = allowed[token].nonzero().flatten()
+        alone, _ = decoding_attention(GROUPED[7], query[:, :, token : token + 1], key[:, :, keys], value[:, :, keys],
+                                      None, scaling=0.125)
+        assert torch.equal(alone[:, 0], together[:, token]), f"token {token} of {tokens} after {past}"
 
 
 @pytest.mark.parametrize("past,tokens", [(0, 300), (100, 200), (2 * BLOCK - 3, 7), (1000, 1)])

@@ -103,6 +103,7 @@ def test_right_drafts_are_accepted_and_save_passes(tiny_loaded):
     plain, fast, drafter = _check_lossless(tiny_loaded, "def area(r):\n    return ", "right")
     assert fast.forward_passes < plain.forward_passes / 3
     assert max(path for _, path in drafter.feedback) >= 5
+    assert drafter.feedback[0][1] == 6  # the prompt's own pass verifies a tree too
 
 
 def test_wrong_partly_right_empty_and_overlong_drafts_change_nothing(tiny_loaded):
@@ -149,6 +150,7 @@ def test_bf16_speculation_gives_every_token_the_bits_of_plain_decoding(tiny_load
     fast = _decoder(tiny_loaded_bf16).generate(prompt, 80, stop_rule=fast_rule, drafter=drafter)
     assert fast.token_ids == plain.token_ids
     assert fast.forward_passes < plain.forward_passes
+    assert drafter.feedback[0][0] > 0  # a tree on the prompt's pass (over 256 tokens: ``attention.PROMPT_SPLIT``)
     assert len(fast_rule.hidden) == len(plain_rule.hidden) == 80
     for index, (ours, theirs) in enumerate(zip(fast_rule.hidden, plain_rule.hidden)):
         assert torch.equal(ours, theirs), f"hidden state of token {index} after {len(prompt)} prompt tokens"
@@ -170,18 +172,22 @@ def test_cancel_mid_speculation(tiny_loaded):
     prompt = _prompt(tiny_loaded, "x = ")
     plain = _decoder(tiny_loaded).generate(prompt, 60)
     cancel = threading.Event()
+    drafter = ScriptedDrafter(prompt + plain.token_ids, "right", 500)
 
-    class CancelAfterTwoPasses:
-        passes = 0
+    class CancelAtTheTenthToken:
+        """Cancels while judging the tenth token, in the middle of a pass's accepted tokens."""
+        tokens = 0
+        passes_then: int | None = None
 
         def step(self, text, accepted, hidden):
-            self.passes += 1
-            if self.passes == 2:
+            self.tokens += 1
+            if self.tokens == 10:
                 cancel.set()
+                self.passes_then = len(drafter.feedback)
 
-    out = _decoder(tiny_loaded).generate(prompt, 60, CancelAfterTwoPasses(), cancel,
-                                         drafter=ScriptedDrafter(prompt + plain.token_ids, "right", 500))
-    assert out.stop_reason == "cancelled" and out.forward_passes == 2
+    rule = CancelAtTheTenthToken()
+    out = _decoder(tiny_loaded).generate(prompt, 60, rule, cancel, drafter=drafter)
+    assert out.stop_reason == "cancelled" and rule.passes_then == out.forward_passes > 1  # no pass after it
     assert out.token_ids == plain.token_ids[: len(out.token_ids)]
 
 

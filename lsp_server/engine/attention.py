@@ -23,7 +23,8 @@ are (checked, with padding where the kernel differs: ``ROW_MULTIPLE``), and the 
 is plain arithmetic after one exp on whole vector rows.  So a token gets the same bits
 in a 1-token pass, in any tree and in any chunk of a prompt.  A tree reaching past the
 pass's block boundary gives its deepest tokens their own cache part (computed on their
-gathered key sequence: rare, and a copy of the cache).  ``tests/test_attention.py``
+gathered key sequence: rare, and a copy of the cache).  A request's first pass carries a
+tree after its prompt: the prompt's tokens go in causal blocks, the tree's as in any tree.  ``tests/test_attention.py``
 checks all of this bit for bit on random trees and prompts; the real model, bf16, gives
 every hidden state of the tree passes of a repository benchmark bit for bit.
 
@@ -52,10 +53,17 @@ from transformers.masking_utils import sdpa_mask
 
 NAME = "swiftguard_row_invariant"
 MAX_TREE = 256
-"""Passes with a non-causal mask of more tokens than this are not verification trees (the
-largest is 64 nodes plus the pending token): stock path."""
+"""Passes with a non-causal mask of more tokens than this (after any prompt chunk in front,
+``PROMPT_SPLIT``) are not verification trees (the largest is 64 nodes plus the pending
+token): stock path."""
 BLOCK = 128
 """A token at position p sees a cache part [0, BLOCK * (p // BLOCK)) and a tail of at most BLOCK keys."""
+
+PROMPT_SPLIT = 16
+"""A pass whose first tokens are a causal chunk longer than this (a prompt with a tree after
+it) computes the chunk in causal blocks and the rest as a tree.  Every token gets the same
+bits either way, so this is about speed only: a decoding tree (one pending token) keeps its
+single shared cache part, and a long prompt is not gathered token by token."""
 
 ROW_MULTIPLE = 8
 """The flash kernel gives a query row other bits when it is computed among very few rows
@@ -191,6 +199,31 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _
     return out.float().add_(cached.sub_(out.float()).mul_(share[..., :1])).to(query.dtype)
 
 
+def _shared_prefix(own: torch.Tensor) -> int:
+    """How many leading tokens of a pass form a causal run that every later token sees:
+    the prompt chunk in front of a verification tree (and any single-child chain at the
+    tree's top).  ``own`` [tokens, tokens]: which of the pass's tokens each one sees."""
+    ones = torch.ones_like(own)
+    causal_row = (own | ones.triu(1)).all(1)  # sees every earlier token of the pass
+    seen_by_all_later = (own | ones.triu()).all(0)  # ... and is seen by every later one
+    return int((causal_row & seen_by_all_later).int().cumprod(0).sum())
+
+
+def _prompt_and_tree(allowed: torch.Tensor, past: int, shared: int, groups: int, dtype: torch.dtype) -> list[_Part]:
+    """A prompt chunk followed by a tree (the first pass of a request, drafting already):
+    the chunk in causal blocks, the rest as a tree whose tokens all see the chunk."""
+    tokens = allowed.shape[0]
+    parts = _causal_blocks(past, shared, groups, dtype, allowed.device)
+    for part in parts:
+        if part.tokens is None:
+            part.tokens = torch.arange(shared, device=allowed.device)
+    for part in _tree_plan(allowed[shared:], dtype):
+        part.tokens = (torch.arange(shared, tokens, device=allowed.device) if part.tokens is None
+                       else part.tokens + shared)
+        parts.append(part)
+    return parts
+
+
 _last_plan: tuple[Any, tuple[int, int, torch.dtype, torch.device], list[_Part]] | None = None
 """The plan of the latest pass, keyed by its mask (held, so its identity is not reused), shape and dtype."""
 
@@ -211,8 +244,14 @@ def _plan_for(attention_mask: torch.Tensor | None, tokens: int, length: int, gro
         allowed = attention_mask[0, 0] if attention_mask.dtype == torch.bool else attention_mask[0, 0] == 0
         if allowed.shape != (tokens, length) or not bool(allowed[:, :past].all()) or not bool(allowed.any(1).all()):
             return None
-        if torch.equal(allowed[:, past:], torch.ones(tokens, tokens, dtype=torch.bool, device=device).tril()):
+        own = allowed[:, past:]
+        if bool(own.triu(1).any()):  # a token that sees later ones: not a decoding pass
+            return None
+        shared = _shared_prefix(own)
+        if shared == tokens:
             plan = _causal_blocks(past, tokens, groups, dtype, device)
+        elif shared > PROMPT_SPLIT and tokens - shared <= MAX_TREE:
+            plan = _prompt_and_tree(allowed, past, shared, groups, dtype)
         elif tokens <= MAX_TREE:
             plan = _tree_plan(allowed, dtype)
         else:

@@ -127,7 +127,8 @@ class Decoder:
                 reason = "cancelled"
                 break
             context = [*prompt, *generated] if drafter is not None else []  # once per pass, for both calls
-            tree = drafter.draft(context) if drafter is not None and generated else DraftTree.empty()
+            # The prompt's pass drafts too: its tree rides on the prefill (``attention.PROMPT_SPLIT``).
+            tree = drafter.draft(context) if drafter is not None else DraftTree.empty()
             pass_started = time.perf_counter()
             verified = self.verify(cache, pending, tree)
             fed.extend(pending)

@@ -37,6 +37,8 @@ class CheckedVerifier:
         """Time spent checking, for the caller to leave out of its timings."""
         self.last_seconds = 0.0
         """Of that, the time spent in the latest call."""
+        self.calls: list[float] = []
+        """The time spent checking in each call, in order (0 for a pass without a tree)."""
         self._keep = keep
 
     def __getattr__(self, name: str) -> Any:
@@ -45,6 +47,7 @@ class CheckedVerifier:
     def __call__(self, cache: DynamicCache, pending: list[int], tree: DraftTree) -> Verified:
         self.last_seconds = 0.0
         if not len(tree):
+            self.calls.append(0.0)
             return self.verify(cache, pending, tree)
         started = time.perf_counter()
         before = copy.deepcopy(cache)
@@ -54,19 +57,25 @@ class CheckedVerifier:
         self._compare(before, pending, tree, result)
         self.last_seconds += time.perf_counter() - started
         self.seconds += self.last_seconds
+        self.calls.append(self.last_seconds)
         return result
 
     @torch.inference_mode()
     def _compare(self, cache: DynamicCache, pending: list[int], tree: DraftTree, result: Verified) -> None:
-        """Feed the pending tokens, then the accepted path's tokens, one pass each."""
+        """Feed the pending tokens, then the accepted path's tokens, one pass each (a prompt's
+        tokens before its last in one chunk: ``tests/test_attention.py`` checks that a chunk
+        gives each token the bits of a pass of its own)."""
         self.checked_passes += 1
-        fed = [*pending, *(tree.tokens[node] for node in result.path)]
+        if len(pending) > 1:
+            chunk = torch.tensor([pending[:-1]], device=self.verify.device)
+            forward_with_cache(self.verify.body, cache, input_ids=chunk)
+        fed = [pending[-1], *(tree.tokens[node] for node in result.path)]
         states = []
         for token in fed:
             out = forward_with_cache(self.verify.body, cache,
                                      input_ids=torch.tensor([[token]], device=self.verify.device))
             states.append(out.last_hidden_state[0, -1])
-        reference = torch.stack(states[len(pending) - 1 :])  # the states that predicted each accepted token
+        reference = torch.stack(states)  # the states that predicted each accepted token
         tokens = [int(self.verify.head(state[None]).argmax(-1)) for state in reference]
         rows = [i for i in range(len(reference)) if not torch.equal(reference[i], result.hidden[i])]
         if rows or tokens != result.accepted:

@@ -215,11 +215,11 @@ def _run_decoder(decoder: Decoder, drafter: Any, prompt: Sequence[int], max_new_
                  language: str) -> MethodRun:
     """One completion with this engine's decoder; time spent by ``--check-exact`` is left out."""
     check = decoder.verify if isinstance(decoder.verify, CheckedVerifier) else None
-    checked_before = check.seconds if check is not None else 0.0
+    calls_before = len(check.calls) if check is not None else 0
     out = decoder.generate(prompt, max_new_tokens, rule, None, drafter, language)
-    seconds = out.seconds - (check.seconds - checked_before if check is not None else 0.0)
-    return MethodRun(out.text, len(out.token_ids), seconds, out.forward_passes, out.accepted_per_pass,
-                     out.token_ids, out.time_to_first_token)
+    checked = check.calls[calls_before:] if check is not None else []
+    return MethodRun(out.text, len(out.token_ids), out.seconds - sum(checked), out.forward_passes,
+                     out.accepted_per_pass, out.token_ids, out.time_to_first_token - sum(checked[:1]))
 
 
 class SwiftMethod:

@@ -132,8 +132,12 @@ def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: l
     new_tokens = sum(run.new_tokens for run in runs)
     seconds = sum(run.seconds for run in runs)
     passes = sum(run.forward_passes for run in runs)
-    decode_seconds = sum(run.seconds - run.first_token_seconds for run in runs if run.new_tokens > 1)
-    decode_tokens = sum(run.new_tokens - 1 for run in runs if run.new_tokens > 1)
+    # After the first pass: it yields one token, or several when it verified a draft tree too
+    # (swift's; ``generate`` records no per-pass counts, so prompt lookup's count as one).
+    first_pass = [run.accepted_per_pass[0] if run.accepted_per_pass else 1 for run in runs]
+    decode_seconds = sum(run.seconds - run.first_token_seconds for run, first in zip(runs, first_pass)
+                         if run.new_tokens > first)
+    decode_tokens = sum(run.new_tokens - first for run, first in zip(runs, first_pass) if run.new_tokens > first)
     return {
         "new_tokens": new_tokens,
         "seconds": round(seconds, 3),
@@ -249,7 +253,7 @@ def _per_language(tasks: list[Task], runs: dict[str, list[MethodRun]],
 
 
 def _add_speedups(summary: dict[str, Any], ar: dict[str, Any]) -> None:
-    """Speed relative to ``ar``: end to end, and after the first token (the prefill, which
+    """Speed relative to ``ar``: end to end, and after the first pass (the prefill, which
     every method does alike, left out: what speculation itself changes)."""
     for key, rate in (("speedup_over_ar", "tokens_per_second"), ("decode_speedup_over_ar", "decode_tokens_per_second")):
         summary[key] = round(summary[rate] / ar[rate], 3) if summary.get(rate) and ar.get(rate) else None

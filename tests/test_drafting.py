@@ -155,6 +155,16 @@ def test_drafter_learns_rates_per_source_and_match_length():
     assert tree.tokens[:8] == truth[len(context) : len(context) + 8]
 
 
+def test_the_prompt_pass_gets_a_tree_unless_switched_off():
+    truth = list(range(100, 400))
+    for prompt_pass in (True, False):
+        drafter = SpeculativeDrafter(None, DrafterConfig(use_cache=False, use_recycling=False, prompt_pass=prompt_pass),
+                                     retrieval=[_KnownSource(truth)])
+        drafter.begin(truth[:20])
+        assert (drafter.draft(truth[:20]).tokens[:4] == truth[20:24]) == prompt_pass
+        assert drafter.draft(truth[:21]).tokens[:4] == truth[21:25]  # decoding passes draft either way
+
+
 class _CountingSource:
     """Finds nothing, and counts how often it was asked."""
 

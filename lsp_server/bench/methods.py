@@ -7,7 +7,7 @@
   ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
   component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``nolookahead``,
-  ``norecalibrate``, ``fixed16``...).
+  ``norecalibrate``, ``noprompttree``, ``fixed16``...).
 - ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
   drafts the true next tokens as one chain, as many as this device's verify-cost curve
   says pay.  No real drafter can do better with this verifier, so it shows how much of a
@@ -204,6 +204,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "nohead": {"use_head": False},
     "nolookahead": {"head_lookahead": False},
     "norecalibrate": {"recalibrate": False},
+    "noprompttree": {"prompt_pass": False},
     "noretrieval": {},
     "fixed4": {"fixed_nodes": 4},
     "fixed16": {"fixed_nodes": 16},

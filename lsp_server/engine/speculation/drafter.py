@@ -131,6 +131,8 @@ class DrafterConfig:
     """Ask the sources again after the head's top guess when none of them offered it."""
     recalibrate: bool = True
     """Map node probabilities to observed acceptance (``acceptance.NodeCalibration``) before sizing the tree."""
+    prompt_pass: bool = True
+    """Draft for the prompt's own pass too (its tree rides on the prefill)."""
 
 
 class SpeculativeDrafter:
@@ -275,6 +277,8 @@ class SpeculativeDrafter:
         return [draft for draft in drafts if draft.tokens]
 
     def draft(self, tokens: Sequence[int]) -> DraftTree:
+        if not self.config.prompt_pass and len(tokens) <= self._prompt_length:
+            return DraftTree.empty()
         tokens = self._document_order(tokens)
         drafts = self._matches(tokens)
         if self.config.use_recycling:

@@ -202,10 +202,11 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _
 def _shared_prefix(own: torch.Tensor) -> int:
     """How many leading tokens of a pass form a causal run that every later token sees:
     the prompt chunk in front of a verification tree (and any single-child chain at the
-    tree's top).  ``own`` [tokens, tokens]: which of the pass's tokens each one sees."""
-    ones = torch.ones_like(own)
-    causal_row = (own | ones.triu(1)).all(1)  # sees every earlier token of the pass
-    seen_by_all_later = (own | ones.triu()).all(0)  # ... and is seen by every later one
+    tree's top).  ``own`` [tokens, tokens]: which of the pass's tokens each one sees, none
+    of them a later one (so counting is enough)."""
+    index = torch.arange(own.shape[0], device=own.device)
+    causal_row = own.sum(1) == index + 1  # sees every earlier token of the pass
+    seen_by_all_later = own.sum(0) == own.shape[0] - index  # ... and is seen by every later one
     return int((causal_row & seen_by_all_later).int().cumprod(0).sum())
 
 

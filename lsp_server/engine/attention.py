@@ -24,9 +24,10 @@ is plain arithmetic after one exp on whole vector rows.  So a token gets the sam
 in a 1-token pass, in any tree and in any chunk of a prompt.  A tree reaching past the
 pass's block boundary gives its deepest tokens their own cache part (computed on their
 gathered key sequence: rare, and a copy of the cache).  A request's first pass carries a
-tree after its prompt: the prompt's tokens go in causal blocks, the tree's as in any tree.  ``tests/test_attention.py``
-checks all of this bit for bit on random trees and prompts; the real model, bf16, gives
-every hidden state of the tree passes of a repository benchmark bit for bit.
+tree after its prompt: the prompt's tokens go in causal blocks, the tree's as in any tree.
+``tests/test_attention.py`` checks all of this bit for bit on random trees and prompts;
+the real model, bf16, gives every hidden state of the tree passes of a repository
+benchmark bit for bit.
 
 Layout: the query heads that share a key/value head are laid out as extra query rows
 of that head (grouped-query attention without repeating keys and values), which is what

@@ -14,6 +14,7 @@ from transformers import DynamicCache
 
 from conftest import assert_same_cache
 from lsp_server.engine.decoding import Decoder
+from lsp_server.engine.greedy import greedy_tokens
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.speculation.draft_tree import Draft, DraftTree, build_tree
 from lsp_server.engine.speculation.verify import tree_attention_mask, tree_position_ids
@@ -314,3 +315,9 @@ def test_a_likely_sibling_off_the_chain_gets_its_logits_from_the_passs_one_produ
         verified = decoder.verify(cache, prompt[-1:], tree)
         assert verified.accepted == greedy[:3] and verified.path == [1, 2]
         assert len(calls) == products
+
+
+def test_greedy_tokens_pick_what_an_argmax_in_bf16_picks_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 40, (500, 3000), generator=generator).to(torch.bfloat16)  # many ties per row
+    assert torch.equal(greedy_tokens(logits), logits.argmax(-1))

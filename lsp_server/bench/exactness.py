@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from ..engine.greedy import greedy_tokens
 from ..engine.kv_cache import forward_with_cache
 from ..engine.speculation.draft_tree import DraftTree
 from ..engine.speculation.verify import TreeVerifier, Verified
@@ -76,7 +77,7 @@ class CheckedVerifier:
                                      input_ids=torch.tensor([[token]], device=self.verify.device))
             states.append(out.last_hidden_state[0, -1])
         reference = torch.stack(states)  # the states that predicted each accepted token
-        tokens = [int(self.verify.head(state[None]).argmax(-1)) for state in reference]
+        tokens = [int(greedy_tokens(self.verify.head(state[None]))) for state in reference]
         rows = [i for i in range(len(reference)) if not torch.equal(reference[i], result.hidden[i])]
         if rows or tokens != result.accepted:
             self.mismatched_passes += 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..greedy import greedy_tokens
 from ..kv_cache import forward_with_cache
 from .draft_tree import DraftTree
 
@@ -111,10 +112,7 @@ class TreeVerifier:
         while True:
             row = rows[-1]
             logits.append(logits_of[row] if row in logits_of else self.head(states[row]))
-            # In float32: the same pick (the conversion is exact and both take the first
-            # maximum, as ``generate`` does on float32 logits), but a bf16 argmax over the
-            # vocabulary took 0.49 ms here against 0.10 ms converted first.
-            token = int(logits[-1].float().argmax(-1))
+            token = int(greedy_tokens(logits[-1]))
             accepted.append(token)
             child = children.get(node, {}).get(token)
             if child is None:

@@ -34,31 +34,30 @@ class CheckedVerifier:
         self.checked_passes = 0
         self.mismatched_passes = 0
         self.examples: list[dict[str, Any]] = []
-        self.seconds = 0.0
-        """Time spent checking, for the caller to leave out of its timings."""
-        self.last_seconds = 0.0
-        """Of that, the time spent in the latest call."""
         self.calls: list[float] = []
-        """The time spent checking in each call, in order (0 for a pass without a tree)."""
+        """The time spent checking in each call, in order (0 for a pass without a tree), for
+        the caller to leave out of its timings."""
         self._keep = keep
+
+    @property
+    def seconds(self) -> float:
+        """All the time spent checking."""
+        return sum(self.calls)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.verify, name)
 
     def __call__(self, cache: DynamicCache, pending: list[int], tree: DraftTree) -> Verified:
-        self.last_seconds = 0.0
         if not len(tree):
             self.calls.append(0.0)
             return self.verify(cache, pending, tree)
         started = time.perf_counter()
         before = copy.deepcopy(cache)
-        self.last_seconds += time.perf_counter() - started
+        copying = time.perf_counter() - started
         result = self.verify(cache, pending, tree)
         started = time.perf_counter()
         self._compare(before, pending, tree, result)
-        self.last_seconds += time.perf_counter() - started
-        self.seconds += self.last_seconds
-        self.calls.append(self.last_seconds)
+        self.calls.append(copying + time.perf_counter() - started)
         return result
 
     @torch.inference_mode()
@@ -99,7 +98,7 @@ def install_check(decoder: Any, drafter: Any) -> CheckedVerifier:
     observe = drafter.observe
 
     def observe_without_check(tokens: Any, tree: DraftTree, verified: Verified, seconds: float) -> None:
-        observe(tokens, tree, verified, seconds - checker.last_seconds)
+        observe(tokens, tree, verified, seconds - checker.calls[-1])
 
     drafter.observe = observe_without_check
     return checker

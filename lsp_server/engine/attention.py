@@ -214,15 +214,15 @@ def _shared_prefix(own: torch.Tensor) -> int:
 def _prompt_and_tree(allowed: torch.Tensor, past: int, shared: int, groups: int, dtype: torch.dtype) -> list[_Part]:
     """A prompt chunk followed by a tree (the first pass of a request, drafting already):
     the chunk in causal blocks, the rest as a tree whose tokens all see the chunk."""
-    tokens = allowed.shape[0]
-    parts = _causal_blocks(past, shared, groups, dtype, allowed.device)
+    return (_placed(_causal_blocks(past, shared, groups, dtype, allowed.device), 0, shared)
+            + _placed(_tree_plan(allowed[shared:], dtype), shared, allowed.shape[0] - shared))
+
+
+def _placed(parts: list[_Part], first: int, count: int) -> list[_Part]:
+    """Parts planned for ``count`` tokens on their own, moved to tokens ``first`` on of a larger pass."""
     for part in parts:
-        if part.tokens is None:
-            part.tokens = torch.arange(shared, device=allowed.device)
-    for part in _tree_plan(allowed[shared:], dtype):
-        part.tokens = (torch.arange(shared, tokens, device=allowed.device) if part.tokens is None
-                       else part.tokens + shared)
-        parts.append(part)
+        part.tokens = (torch.arange(first, first + count, device=part.tail_mask.device) if part.tokens is None
+                       else part.tokens + first)
     return parts
 
 

@@ -134,10 +134,10 @@ def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: l
     passes = sum(run.forward_passes for run in runs)
     # After the first pass: it yields one token, or several when it verified a draft tree too
     # (swift's; ``generate`` records no per-pass counts, so prompt lookup's count as one).
-    first_pass = [run.accepted_per_pass[0] if run.accepted_per_pass else 1 for run in runs]
-    decode_seconds = sum(run.seconds - run.first_token_seconds for run, first in zip(runs, first_pass)
-                         if run.new_tokens > first)
-    decode_tokens = sum(run.new_tokens - first for run, first in zip(runs, first_pass) if run.new_tokens > first)
+    after_first = [(run, run.new_tokens - (run.accepted_per_pass[0] if run.accepted_per_pass else 1)) for run in runs]
+    after_first = [(run, tokens) for run, tokens in after_first if tokens > 0]
+    decode_seconds = sum(run.seconds - run.first_token_seconds for run, _ in after_first)
+    decode_tokens = sum(tokens for _, tokens in after_first)
     return {
         "new_tokens": new_tokens,
         "seconds": round(seconds, 3),

@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from lsp_server.bench.methods import GenerateMethod
+from lsp_server.bench.methods import GenerateMethod, MethodRun
+from lsp_server.bench.speed import _summary
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.stop_rule import StopDecision
 
@@ -94,9 +95,6 @@ def test_prompt_lookup_counts_no_token_past_the_stop(tiny_loaded):
 def test_decode_speed_counts_from_the_end_of_the_first_pass():
     """A first pass that accepted drafts yields several tokens before decoding begins: they
     are not decoding's (runs without per-pass counts, like ``generate``'s, yield one)."""
-    from lsp_server.bench.methods import MethodRun
-    from lsp_server.bench.speed import _summary
-
     runs = [MethodRun("", 10, 2.0, 3, [3, 3, 4], first_token_seconds=1.0),
             MethodRun("", 1, 1.0, 1, [1], first_token_seconds=1.0),  # nothing after its first pass
             MethodRun("", 5, 2.0, 5, first_token_seconds=0.5)]

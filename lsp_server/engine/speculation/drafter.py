@@ -392,7 +392,7 @@ class SpeculativeDrafter:
             return
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
-        self.stats.node_calibration.observe(self._drafted_probabilities[: len(tree)], set(verified.path))
+        self.stats.node_calibration.observe(self._drafted_probabilities, set(verified.path))
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1

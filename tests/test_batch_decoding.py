@@ -15,8 +15,18 @@ TEXTS = ["def add(a, b):\n    return ", "import os\n\n\nclass Reader:\n    def _
 
 
 def _prompts(loaded) -> list[list[int]]:
+    """The texts' prompts, each of its own length (so every row is padded differently).  The
+    tiny tokenizer is trained on this repository's code, so lengths shift as the code changes:
+    a text whose length is taken gets comment lines in front until it is not."""
     builder = PromptBuilder(loaded.tokenizer)
-    return [builder.build(text, "", 512, fresh=True).ids for text in TEXTS]
+    prompts: list[list[int]] = []
+    for text in TEXTS:
+        ids = builder.build(text, "", 512, fresh=True).ids
+        while len(ids) in {len(prompt) for prompt in prompts}:
+            text = "# -\n" + text
+            ids = builder.build(text, "", 512, fresh=True).ids
+        prompts.append(ids)
+    return prompts
 
 
 def test_rows_decode_as_they_would_alone(tiny_loaded):

@@ -247,6 +247,49 @@ def test_node_calibration_learns_observed_acceptance_and_keeps_the_order():
     assert all(0.0 <= p <= 1.0 for p in mapped)
 
 
+def test_a_reranked_tree_is_most_probable_first_and_every_prefix_is_a_tree():
+    rng = random.Random(1)
+    for _ in range(50):
+        drafts = [Draft(tuple(rng.randrange(6) for _ in range(rng.randint(1, 5))), rng.random(), "s", continuation=0.7)
+                  for _ in range(6)]
+        tree = build_tree(drafts, 24)
+        reranked, order = tree.reranked([rng.random() for _ in range(len(tree))])
+        assert sorted(order) == list(range(len(tree)))
+        assert all(parent < node for node, parent in enumerate(reranked.parents))  # parents first
+        assert reranked.probabilities == sorted(reranked.probabilities, reverse=True)
+        for node, old in enumerate(order):  # same node: token, depth, and its parent is the old parent
+            assert reranked.tokens[node] == tree.tokens[old] and reranked.depths[node] == tree.depths[old]
+            parent = reranked.parents[node]
+            assert (order[parent] if parent != -1 else -1) == tree.parents[old]
+            if parent != -1:
+                assert reranked.probabilities[node] <= reranked.probabilities[parent]
+
+
+def test_nodes_that_only_an_echoing_source_offers_are_ranked_down_and_cut():
+    """A source that is right only where another one says the same: its nodes alone never are."""
+    cost = VerifyCostModel([0, 1, 64], [0.05, 0.052, 0.9])  # a node after the first costs ~13 ms
+    drafter = SpeculativeDrafter(cost, DrafterConfig(max_nodes=32, use_cache=False, use_recycling=False,
+                                                     use_head=False))
+    right = lambda step: (step % 7,)  # noqa: E731  the model's next token
+    first_sized = None
+    for step in range(80):
+        tokens = list(range(step + 5))
+        wrong = (100 + step % 5,)
+        drafts = [Draft(right(step), 0.45, "good", continuation=0.5), Draft(right(step), 0.2, "echo"),
+                  Draft(wrong, 0.8, "echo", continuation=0.5), Draft((200,), 0.1, "good")]
+        sized = drafter.size_tree(build_tree(drafts, 32))
+        first_sized = first_sized or sized
+        accepted = [sized.tokens.index(right(step)[0])] if right(step)[0] in sized.tokens[:len(sized)] else []
+        verified = Verified([right(step)[0], 9], torch.zeros(2, 1), accepted, torch.zeros(2, 1))
+        drafter.observe(tokens, sized, verified, cost(len(sized)))
+    assert first_sized.sources[0] == frozenset({"echo"})  # at first its raw mass ranks it first
+    assert sized.sources[0] == frozenset({"echo", "good"}) and len(sized) >= 1
+    assert frozenset({"echo"}) not in sized.sources  # learned: alone it is never accepted
+    calibration = drafter.stats.node_calibration
+    alone, agreed = calibration([0.8, 0.65], [frozenset({"echo"}), frozenset({"echo", "good"})])  # as drafted
+    assert alone < 0.5 < 0.7 < agreed  # it learns until its nodes are no longer worth verifying
+
+
 def test_an_overconfident_source_gets_smaller_trees_once_its_nodes_are_seen_failing():
     """A source whose drafts are rarely right: the budget sizes its trees from what was accepted."""
     cost = VerifyCostModel([0, 1, 64], [0.05, 0.06, 0.25])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -68,6 +68,23 @@ class DraftTree:
     def prefix(self, n: int) -> DraftTree:
         """The first ``n`` nodes: still a tree, because parents come before children."""
         return DraftTree(self.tokens[:n], self.parents[:n], self.depths[:n], self.probabilities[:n], self.sources[:n])
+
+    def reranked(self, probabilities: Sequence[float]) -> tuple[DraftTree, list[int]]:
+        """The tree with new node probabilities, most probable first, and the old index of
+        each node in the new order.  Each probability is capped at its parent's (a node is
+        only accepted with its parent), so sorting keeps parents before children (on a tie
+        the shallower node goes first) and every prefix is still a tree."""
+        capped: list[float] = []
+        for node, probability in enumerate(probabilities):
+            parent = self.parents[node]
+            capped.append(probability if parent == -1 else min(probability, capped[parent]))
+        order = sorted(range(len(capped)), key=lambda node: (-capped[node], self.depths[node], node))
+        new_index = {old: new for new, old in enumerate(order)}
+        tree = DraftTree([self.tokens[old] for old in order],
+                         [-1 if self.parents[old] == -1 else new_index[self.parents[old]] for old in order],
+                         [self.depths[old] for old in order], [capped[old] for old in order],
+                         [self.sources[old] for old in order])
+        return tree, order
 
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to ``node``."""

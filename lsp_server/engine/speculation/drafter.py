@@ -26,10 +26,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .acceptance import NodeCalibration, Rate
+from .acceptance import Rate, SourceCalibration
 from .budget import OnlineCost, VerifyCostModel, best_prefix
 from .draft_tree import Draft, DraftTree, build_tree
 from .head_drafts import HeadProposer
@@ -88,8 +88,8 @@ class DrafterStats:
     """Passes in which the source's best guess for the next token was the model's token."""
     rates: dict[tuple[str, int], tuple[Rate, Rate]] = field(default_factory=dict)
     """Per (source, match bucket): the learned first-token and continuation rates."""
-    node_calibration: NodeCalibration = field(default_factory=NodeCalibration)
-    """How often tree nodes were accepted, by the probability the drafter gave them."""
+    node_calibration: SourceCalibration = field(default_factory=SourceCalibration)
+    """How often tree nodes were accepted, by the probability the drafter gave them and who offered them."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -111,8 +111,10 @@ class DrafterStats:
                 for (source, bucket), (first, cont) in sorted(self.rates.items())
             },
             "node_acceptance_by_probability": {
-                f"{centre:.2f}": round(rate.value, 3)
-                for centre, rate in zip(self.node_calibration.centres, self.node_calibration.rates)
+                "+".join(sorted(sources)): {f"{centre:.2f}": round(rate.value, 3)
+                                            for centre, rate in zip(calibration.centres, calibration.rates)}
+                for sources, calibration in sorted(self.node_calibration.by_sources.items(),
+                                                   key=lambda item: sorted(item[0]))
             },
         }
 
@@ -130,7 +132,8 @@ class DrafterConfig:
     head_lookahead: bool = True
     """Ask the sources again after the head's top guess when none of them offered it."""
     recalibrate: bool = True
-    """Map node probabilities to observed acceptance (``acceptance.NodeCalibration``) before sizing the tree."""
+    """Map node probabilities to observed acceptance, per set of sources offering the node
+    (``acceptance.SourceCalibration``), and re-rank the tree before sizing it."""
     prompt_pass: bool = True
     """Draft for the prompt's own pass too (its tree rides on the prefill)."""
 
@@ -291,11 +294,12 @@ class SpeculativeDrafter:
         return self.size_tree(build_tree(scaled, self.config.max_nodes))
 
     def size_tree(self, tree: DraftTree) -> DraftTree:
-        """Recalibrate a built tree's probabilities to observed acceptance and keep the
-        prefix that pays on this device (or the configured fixed size)."""
+        """Recalibrate a built tree's probabilities to observed acceptance, re-rank it, and
+        keep the prefix that pays on this device (or the configured fixed size)."""
         raw = tree.probabilities
         if self.config.recalibrate:
-            tree = replace(tree, probabilities=self.stats.node_calibration(raw))
+            tree, order = tree.reranked(self.stats.node_calibration(raw, tree.sources))
+            raw = [raw[old] for old in order]
         if self.config.fixed_nodes is not None:
             keep = self.config.fixed_nodes
         elif self.cost is not None:
@@ -392,7 +396,7 @@ class SpeculativeDrafter:
             return
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
-        self.stats.node_calibration.observe(self._drafted_probabilities, set(verified.path))
+        self.stats.node_calibration.observe(self._drafted_probabilities, tree.sources, set(verified.path))
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1

@@ -8,7 +8,7 @@ import torch
 
 from lsp_server.datastore.types import Candidate
 from lsp_server.engine.speculation.budget import VerifyCostModel, best_prefix
-from lsp_server.engine.speculation.draft_tree import Draft, build_tree
+from lsp_server.engine.speculation.draft_tree import Draft, DraftTree, build_tree
 from lsp_server.engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
 from lsp_server.engine.speculation.preference_cache import PreferenceCache
 from lsp_server.engine.speculation.token_recycling import TokenRecycler
@@ -265,6 +265,16 @@ def test_a_reranked_tree_is_most_probable_first_and_every_prefix_is_a_tree():
                 assert reranked.probabilities[node] <= reranked.probabilities[parent]
 
 
+def test_outcomes_follow_the_tokens_the_model_chose_verified_or_not():
+    #        5 -> 6 -> 7        (nodes 0, 2, 4)
+    # root -<      `-> 8        (node 3)
+    #        9                  (node 1)
+    tree = DraftTree([5, 9, 6, 8, 7], [-1, -1, 0, 0, 2], [1, 1, 2, 2, 3], [0.9, 0.5, 0.6, 0.3, 0.4], [frozenset()] * 5)
+    assert tree.outcomes([5, 6]) == [True, False, True, False, None]  # past the model's last token: unknown
+    assert tree.outcomes([5, 8, 1]) == [True, False, False, True, False]
+    assert tree.outcomes([4]) == [False, False, False, False, False]
+
+
 def test_nodes_that_only_an_echoing_source_offers_are_ranked_down_and_cut():
     """A source that is right only where another one says the same: its nodes alone never are."""
     cost = VerifyCostModel([0, 1, 64], [0.05, 0.052, 0.9])  # a node after the first costs ~13 ms
@@ -287,7 +297,7 @@ def test_nodes_that_only_an_echoing_source_offers_are_ranked_down_and_cut():
     assert frozenset({"echo"}) not in sized.sources  # learned: alone it is never accepted
     calibration = drafter.stats.node_calibration
     alone, agreed = calibration([0.8, 0.65], [frozenset({"echo"}), frozenset({"echo", "good"})])  # as drafted
-    assert alone < 0.5 < 0.7 < agreed  # it learns until its nodes are no longer worth verifying
+    assert alone < 0.3 < 0.7 < agreed  # learned from the built trees, also once its nodes were cut
 
 
 def test_an_overconfident_source_gets_smaller_trees_once_its_nodes_are_seen_failing():

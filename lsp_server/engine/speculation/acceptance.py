@@ -18,7 +18,9 @@ offered were accepted 14 times out of 998 (their probabilities summed to 192), o
 preference cache 110 of 1,432 (337), only Token Recycling 85 of 1,111 (150), only the
 head 962 of 5,209 (1,269); nodes the head and another source offered 2,466 of 5,009
 (2,669).  ``SourceCalibration`` therefore keeps one map per set of sources offering a
-node, and the tree is re-ranked by the mapped probabilities.
+node, and the tree is re-ranked by the mapped probabilities.  It learns from every node
+of the built tree whose outcome the pass decided, not only the verified ones: a set whose
+nodes were mapped too low to be verified would otherwise never be observed again.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class SourceCalibration:
 
     def observe(self, probabilities: Sequence[float], sources: Sequence[frozenset[str]],
                 accepted: Collection[int]) -> None:
-        """One verified tree: its nodes' uncalibrated probabilities, who offered each, which were accepted."""
+        """Nodes of one pass's tree: their uncalibrated probabilities, who offered each, which
+        the model accepted (or would have: see ``DraftTree.outcomes``)."""
         for offered, nodes in self._grouped(sources).items():
             self.by_sources[offered].observe([probabilities[node] for node in nodes],
                                              {index for index, node in enumerate(nodes) if node in accepted})

@@ -86,6 +86,21 @@ class DraftTree:
                          [self.sources[old] for old in order])
         return tree, order
 
+    def outcomes(self, accepted: Sequence[int]) -> list[bool | None]:
+        """Per node, whether the model would accept it, given the tokens it chose in a pass
+        over (a prefix of) this tree: ``accepted``, the accepted drafts and the model's
+        next token.  Greedy decoding is deterministic, so a node on the chosen tokens is
+        accepted whether or not it was verified; None where the tree goes deeper than they do."""
+        outcomes: list[bool | None] = []
+        for node, parent in enumerate(self.parents):
+            on_path = True if parent == -1 else outcomes[parent]
+            depth = self.depths[node]
+            if on_path is None or (on_path and depth > len(accepted)):
+                outcomes.append(None)
+            else:
+                outcomes.append(bool(on_path) and self.tokens[node] == accepted[depth - 1])
+        return outcomes
+
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to ``node``."""
         path = []

@@ -184,8 +184,10 @@ class SpeculativeDrafter:
         """The head's mean probability for its top first guess, and for its top chain's second
         guess when the first was right: what its observed rates rescale it against."""
         self._head_top: tuple[float, float | None] | None = None
-        self._drafted_probabilities: list[float] = []
-        """The uncalibrated probabilities of the last tree's verified nodes: what the calibration learns from."""
+        self._built: tuple[DraftTree, list[float]] = (DraftTree.empty(), [])
+        """The last tree as built, before sizing, and its nodes' uncalibrated probabilities:
+        what the calibration learns from (all of it, not only the verified prefix, so a
+        source set whose nodes stopped being verified still has its rate observed)."""
 
     def set_newline_tokens(self, ids: frozenset[int]) -> None:
         self._newline_ids = ids
@@ -306,7 +308,7 @@ class SpeculativeDrafter:
             keep = best_prefix(tree.probabilities, self.cost, self.config.max_nodes)
         else:
             keep = len(tree)
-        self._drafted_probabilities = raw[:keep]
+        self._built = (tree, raw)
         return tree.prefix(keep)
 
     def _head_drafts(self, tokens: Sequence[int], offered: set[int]) -> list[Draft]:
@@ -396,7 +398,11 @@ class SpeculativeDrafter:
             return
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
-        self.stats.node_calibration.observe(self._drafted_probabilities, tree.sources, set(verified.path))
+        built, raw = self._built
+        outcomes = built.outcomes(verified.accepted)
+        known = [node for node, outcome in enumerate(outcomes) if outcome is not None]
+        self.stats.node_calibration.observe([raw[node] for node in known], [built.sources[node] for node in known],
+                                            {index for index, node in enumerate(known) if outcomes[node]})
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1

@@ -96,7 +96,7 @@ class NodeCalibration:
         return mapped
 
     def observe(self, probabilities: Sequence[float], accepted: Collection[int]) -> None:
-        """One verified tree: its nodes' uncalibrated probabilities and which nodes were accepted."""
+        """Nodes of one tree: their uncalibrated probabilities and which of them were accepted."""
         for node, probability in enumerate(probabilities):
             self.rates[self._bucket(probability)].update(node in accepted)
 

@@ -234,8 +234,10 @@ def greedy_picks(lm_head: Any, states: Any) -> np.ndarray:
     not run the LM head over every row again (a 151,936-token vocabulary: minutes)."""
     import torch
 
+    from ..engine.greedy import greedy_tokens
+
     with torch.inference_mode():
-        return lm_head(states).argmax(-1).cpu().numpy().astype(np.int32)
+        return greedy_tokens(lm_head(states)).cpu().numpy().astype(np.int32)
 
 
 class _Recorder:

@@ -238,7 +238,8 @@ def test_node_calibration_learns_observed_acceptance_and_keeps_the_order():
     rng = random.Random(0)
     for _ in range(400):  # nodes accepted half as often as their probability says
         probabilities = [rng.random() for _ in range(8)]
-        calibration.observe(probabilities, {i for i, p in enumerate(probabilities) if rng.random() < p / 2})
+        for p in probabilities:
+            calibration.add(p, rng.random() < p / 2)
     assert abs(calibration([0.35])[0] - 0.175) < 0.05
     assert abs(calibration([0.85])[0] - 0.425) < 0.07
     raw = sorted(rng.random() for _ in range(200))

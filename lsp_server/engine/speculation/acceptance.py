@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 
 class Rate:
@@ -95,10 +95,9 @@ class NodeCalibration:
             mapped.append(min(1.0, value) * (1.0 - self._TIE_BREAK) + self._TIE_BREAK * p)
         return mapped
 
-    def observe(self, probabilities: Sequence[float], accepted: Collection[int]) -> None:
-        """Nodes of one tree: their uncalibrated probabilities and which of them were accepted."""
-        for node, probability in enumerate(probabilities):
-            self.rates[self._bucket(probability)].update(node in accepted)
+    def add(self, probability: float, accepted: bool) -> None:
+        """One node: its uncalibrated probability and whether the model accepted it."""
+        self.rates[self._bucket(probability)].update(accepted)
 
 
 class SourceCalibration:
@@ -116,12 +115,12 @@ class SourceCalibration:
         return mapped
 
     def observe(self, probabilities: Sequence[float], sources: Sequence[frozenset[str]],
-                accepted: Collection[int]) -> None:
-        """Nodes of one pass's tree: their uncalibrated probabilities, who offered each, which
-        the model accepted (or would have: see ``DraftTree.outcomes``)."""
-        for offered, nodes in self._grouped(sources).items():
-            self.by_sources[offered].observe([probabilities[node] for node in nodes],
-                                             {index for index, node in enumerate(nodes) if node in accepted})
+                outcomes: Sequence[bool | None]) -> None:
+        """Nodes of one pass's tree: their uncalibrated probabilities, who offered each, and
+        whether the model accepted them or would have (``DraftTree.outcomes``; None: unknown)."""
+        for probability, offered, outcome in zip(probabilities, sources, outcomes):
+            if outcome is not None:
+                self.by_sources[offered].add(probability, outcome)
 
     @staticmethod
     def _grouped(sources: Sequence[frozenset[str]]) -> dict[frozenset[str], list[int]]:

@@ -98,7 +98,7 @@ class DraftTree:
             if on_path is None or (on_path and depth > len(accepted)):
                 outcomes.append(None)
             else:
-                outcomes.append(bool(on_path) and self.tokens[node] == accepted[depth - 1])
+                outcomes.append(on_path and self.tokens[node] == accepted[depth - 1])
         return outcomes
 
     def path_to(self, node: int) -> list[int]:

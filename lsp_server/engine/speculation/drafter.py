@@ -399,10 +399,7 @@ class SpeculativeDrafter:
         self.stats.drafted_passes += 1
         self.stats.accepted_tokens += len(verified.path)
         built, raw = self._built
-        outcomes = built.outcomes(verified.accepted)
-        known = [node for node, outcome in enumerate(outcomes) if outcome is not None]
-        self.stats.node_calibration.observe([raw[node] for node in known], [built.sources[node] for node in known],
-                                            {index for index, node in enumerate(known) if outcomes[node]})
+        self.stats.node_calibration.observe(raw, built.sources, built.outcomes(verified.accepted))
         for node in range(len(tree)):
             for source in tree.sources[node]:
                 self.stats.proposed_by_source[source] += 1

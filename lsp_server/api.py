@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .settings import Settings
+
 
 @dataclass(frozen=True)
 class CompletionRequest:
@@ -21,7 +23,7 @@ class CompletionRequest:
     prefix: str
     suffix: str
     max_new_tokens: int
-    context_tokens: int = 2048
+    context_tokens: int = Settings.context_tokens
     """Token budget of the prompt; far-away prefix and suffix text is trimmed to fit."""
     language_id: str = ""
     document_key: str = ""

@@ -24,6 +24,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-speculation", action="store_true", help="plain greedy decoding")
 
 
+def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """How the prompt is cut, to measure what other budgets cost in time and quality."""
+    parser.add_argument("--context-tokens", type=int, default=Settings().context_tokens,
+                        help="prompt budget in tokens (the contextTokens setting)")
+    parser.add_argument("--suffix-share", type=float, default=None,
+                        help="part of the budget for the text after the cursor (FIM models; default: the engine's)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swiftguard", description=__doc__)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -44,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     latency = commands.add_parser("latency", help="measure load, latency, typed-ahead and KV-reuse times")
     latency.add_argument("--repeat", type=int, default=3)
     latency.add_argument("--max-new-tokens", type=int, default=32)
+    _add_prompt_options(latency)
     _add_model_options(latency)
 
     bench = commands.add_parser("bench", help="compare plain greedy, prompt lookup and this engine")
@@ -55,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--methods", default="ar,pld,swift", help="comma list: ar, pld, swift, swift-<ablation>, ar-stopstrings, ceiling (perfect drafts; after ar)")
     bench.add_argument("--stop", choices=("none", "syntax", "genguard"), default="none")
+    _add_prompt_options(bench)
     bench.add_argument("--json", type=Path, help="write the report here")
     bench.add_argument("--plot", type=Path, help="write a PNG of per-task speed and accepted tokens per pass")
     bench.add_argument("--check-exact", action="store_true",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from lsp_server.bench.methods import GenerateMethod, MethodRun
+from lsp_server.bench.quality import edit_similarity, first_line_exact
 from lsp_server.bench.speed import _summary
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.stop_rule import StopDecision
@@ -38,6 +39,7 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
         assert {"new_tokens", "seconds", "tokens_per_second", "forward_passes", "mean_accepted_per_pass",
                 "identical_to_ar", "pass_at_1"} <= method.keys()
         assert method["new_tokens"] == 36 and method["pass_at_1"] is None
+        assert 0.0 <= method["edit_similarity"] <= 1.0 and 0.0 <= method["first_line_exact"] <= 1.0
     # fp32: the engine's output is plain greedy output, token for token.
     assert report["methods"]["swift"]["identical_to_ar"] == 1.0
     assert report["details"]["divergences"]["swift"] == []
@@ -98,4 +100,15 @@ def test_decode_speed_counts_from_the_end_of_the_first_pass():
     runs = [MethodRun("", 10, 2.0, 3, [3, 3, 4], first_token_seconds=1.0),
             MethodRun("", 1, 1.0, 1, [1], first_token_seconds=1.0),  # nothing after its first pass
             MethodRun("", 5, 2.0, 5, first_token_seconds=0.5)]
-    assert _summary(runs, None, None)["decode_tokens_per_second"] == round((7 + 4) / (1.0 + 1.5), 3)
+    assert _summary(runs, None, None, None)["decode_tokens_per_second"] == round((7 + 4) / (1.0 + 1.5), 3)
+
+
+def test_quality_scores_the_completion_against_the_removed_body():
+    body = "total = width + height\n    return 2 * total\n"
+    assert edit_similarity(body + "  \n", body) == 1.0  # trailing whitespace does not count
+    assert edit_similarity("", body) == 0.0
+    # Text generated past the body is text the user deletes: it lowers the score.
+    assert edit_similarity(body + "\n\ndef area(w, h):\n    return w * h\n", body) < 0.7
+    assert edit_similarity("total = width + height\n    return total\n", body) > 0.8
+    assert first_line_exact("\n  total = width + height\n    return 0\n", body)
+    assert not first_line_exact("total = width * height\n", body)

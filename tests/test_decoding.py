@@ -143,6 +143,17 @@ def test_prompt_fits_budget_and_keeps_text_near_cursor(tiny_loaded, budget):
     assert "line_0 =" not in text
 
 
+def test_suffix_share_splits_the_budget(tiny_loaded):
+    prefix = "".join(f"line_{i} = {i}\n" for i in range(400))
+    suffix = "".join(f"after_{i}()\n" for i in range(400))
+    suffix_tokens = {}
+    for share in (0.0, 0.25, 0.5):
+        prompt = PromptBuilder(tiny_loaded.tokenizer, share).build(prefix, suffix, 256)
+        assert len(prompt.ids) <= 256
+        suffix_tokens[share] = len(PromptBuilder(tiny_loaded.tokenizer).split(prompt.ids)[1])
+    assert suffix_tokens[0.0] == 0 < suffix_tokens[0.25] <= 63 < suffix_tokens[0.5] <= 126
+
+
 def test_prompt_window_start_is_sticky_while_typing(tiny_loaded):
     builder = PromptBuilder(tiny_loaded.tokenizer)
     prefix = "".join(f"value_{i} = compute({i})\n" for i in range(300))

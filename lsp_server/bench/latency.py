@@ -42,7 +42,8 @@ def _cold_load_seconds(model: str | None, device: str, dtype: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens: int) -> dict[str, Any]:
+def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens: int, context_tokens: int,
+        suffix_share: float | None) -> dict[str, Any]:
     from ..engine import LocalEngine, load
 
     cold = [_cold_load_seconds(model, device, dtype) for _ in range(repeat)]
@@ -52,6 +53,8 @@ def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens:
         loaded = load(model, device, dtype)
         warm.append(time.perf_counter() - started)
     engine = LocalEngine(loaded)
+    if suffix_share is not None:
+        engine.prompts.suffix_share = suffix_share
     context = _context_file(12_000)
     # Cut at a line start in the middle of real code, with the rest as suffix.
     cut = context.index("\n", len(context) * 3 // 4) + 1
@@ -60,7 +63,7 @@ def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens:
 
     def complete(pre: str, key: str, reuse: bool, tokens: int = max_new_tokens):
         engine.decoder.reuse_kv = reuse
-        return engine.complete(CompletionRequest(pre, suffix, tokens, context_tokens=2048, document_key=key), never)
+        return engine.complete(CompletionRequest(pre, suffix, tokens, context_tokens=context_tokens, document_key=key), never)
 
     latency, tps, ttft_fresh, ttft_reuse, reuse_counts, typeahead, equal = [], [], [], [], [], [], []
     for index in range(repeat):
@@ -92,6 +95,8 @@ def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens:
         "completion_seconds": median(latency),
         "completion_tokens_per_second": median(tps),
         "max_new_tokens": max_new_tokens,
+        "context_tokens": context_tokens,
+        "suffix_share": engine.prompts.suffix_share,
         "typeahead_hit_seconds": median(typeahead) if typeahead else None,
         "prompt_tokens": reuse_counts[-1][1],
         "reused_prompt_tokens": reuse_counts[-1][0],
@@ -102,6 +107,7 @@ def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens:
 
 
 def main(args: Any) -> int:
-    result = run(args.model, args.device, args.dtype, args.repeat, args.max_new_tokens)
+    result = run(args.model, args.device, args.dtype, args.repeat, args.max_new_tokens, args.context_tokens,
+                 args.suffix_share)
     print(json.dumps(result, indent=2))
     return 0

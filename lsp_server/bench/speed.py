@@ -27,6 +27,7 @@ from ..syntax import SyntaxStop
 from . import humaneval
 from .exactness import CheckedVerifier, install_check
 from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod
+from .quality import edit_similarity, first_line_exact
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
 
@@ -128,7 +129,9 @@ def _divergence(loaded: Any, prompt: list[int], reference: list[int], other: lis
     }
 
 
-def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: list[bool] | None) -> dict[str, Any]:
+def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: list[bool] | None,
+             bodies: list[str] | None) -> dict[str, Any]:
+    """One method's totals; ``bodies``: the removed bodies of repository tasks, to score the completions against."""
     new_tokens = sum(run.new_tokens for run in runs)
     seconds = sum(run.seconds for run in runs)
     passes = sum(run.forward_passes for run in runs)
@@ -148,8 +151,16 @@ def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: l
             round(sum(a.text == b.text for a, b in zip(runs, reference)) / len(runs), 4) if reference else None
         ),
         "pass_at_1": round(sum(passed) / len(passed), 4) if passed is not None else None,
+        **(_quality(runs, bodies) if bodies is not None else {}),
         "first_token_seconds": round(sum(run.first_token_seconds for run in runs), 3),
         "decode_tokens_per_second": round(decode_tokens / decode_seconds, 3) if decode_seconds > 0 else None,
+    }
+
+
+def _quality(runs: list[MethodRun], bodies: list[str]) -> dict[str, float]:
+    return {
+        "edit_similarity": round(statistics.fmean(edit_similarity(r.text, b) for r, b in zip(runs, bodies)), 4),
+        "first_line_exact": round(statistics.fmean(first_line_exact(r.text, b) for r, b in zip(runs, bodies)), 4),
     }
 
 
@@ -163,6 +174,8 @@ def run(args: Any) -> dict[str, Any]:
         raise SystemExit("no tasks found")
     loaded = load(args.model, args.device, args.dtype)
     builder = PromptBuilder(loaded.tokenizer)
+    if args.suffix_share is not None:
+        builder.suffix_share = args.suffix_share
     retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve(),
                            {task.language for task in tasks if task.language})
     runs: dict[str, list[MethodRun]] = {name: [] for name in names}
@@ -182,7 +195,7 @@ def run(args: Any) -> dict[str, Any]:
     prompts: list[list[int]] = []
     for task in tqdm(tasks, desc="bench", file=sys.stderr):
         retrieval.show(task)
-        prompt = builder.build(task.prefix, task.suffix, 2048, fresh=True).ids
+        prompt = builder.build(task.prefix, task.suffix, args.context_tokens, fresh=True).ids
         prompts.append(prompt)
         row: dict[str, Any] = {"task_id": task.task_id, "language": task.language}
         for name, method in methods.items():
@@ -190,6 +203,8 @@ def run(args: Any) -> dict[str, Any]:
             runs[name].append(result)
             row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
                          "new_tokens": result.new_tokens, "passes": result.forward_passes}
+            if task.problem is None:
+                row[name]["edit_similarity"] = round(edit_similarity(result.text, task.reference), 4)
         per_task.append(row)
     report: dict[str, Any] = {
         "model": loaded.name,
@@ -200,9 +215,10 @@ def run(args: Any) -> dict[str, Any]:
         "methods": {},
     }
     reference = runs.get("ar")
+    bodies = None if args.humaneval else [task.reference for task in tasks]
     for name in names:
         passed = [humaneval.passes(t.problem, r.text) for t, r in zip(tasks, runs[name])] if args.humaneval else None
-        report["methods"][name] = _summary(runs[name], reference, passed)
+        report["methods"][name] = _summary(runs[name], reference, passed, bodies)
     details: dict[str, Any] = {"per_task": per_task, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                                "datastore": retrieval.stats()}
     for name, method in methods.items():
@@ -241,9 +257,10 @@ def _per_language(tasks: list[Task], runs: dict[str, list[MethodRun]],
     for language in sorted({task.language for task in tasks}):
         keep = [i for i, task in enumerate(tasks) if task.language == language]
         ref = [reference[i] for i in keep] if reference is not None else None
+        bodies = [tasks[i].reference for i in keep] if tasks[0].problem is None else None
         table[language] = {"tasks": len(keep)}
         for name, method_runs in runs.items():
-            summary = _summary([method_runs[i] for i in keep], ref, None)
+            summary = _summary([method_runs[i] for i in keep], ref, None, bodies)
             del summary["pass_at_1"]
             table[language][name] = summary
         if "ar" in runs:
@@ -261,15 +278,16 @@ def _add_speedups(summary: dict[str, Any], ar: dict[str, Any]) -> None:
 
 def _table(report: dict[str, Any]) -> str:
     head = (f"{'method':<16}{'tokens':>8}{'seconds':>10}{'tok/s':>9}{'passes':>8}{'tok/pass':>10}{'same':>7}{'pass@1':>8}"
-            f"{'speedup':>9}{'decode':>8}")
+            f"{'ES':>7}{'speedup':>9}{'decode':>8}")
     lines = [f"{report['model']} on {report['device']} ({report['dtype']}), {report['tasks']} tasks, stop={report['stop']}", head]
     for name, m in report["methods"].items():
         same = "-" if m["identical_to_ar"] is None else f"{m['identical_to_ar']:.2f}"
         p1 = "-" if m["pass_at_1"] is None else f"{m['pass_at_1']:.2f}"
+        es = f"{m['edit_similarity']:.3f}" if "edit_similarity" in m else "-"
         speedup = f"{m['speedup_over_ar']:.2f}x" if m.get("speedup_over_ar") else "-"
         decode = f"{m['decode_speedup_over_ar']:.2f}x" if m.get("decode_speedup_over_ar") else "-"
         lines.append(f"{name:<16}{m['new_tokens']:>8}{m['seconds']:>10.1f}{m['tokens_per_second']:>9.2f}"
-                     f"{m['forward_passes']:>8}{m['mean_accepted_per_pass']:>10.2f}{same:>7}{p1:>8}{speedup:>9}{decode:>8}")
+                     f"{m['forward_passes']:>8}{m['mean_accepted_per_pass']:>10.2f}{same:>7}{p1:>8}{es:>7}{speedup:>9}{decode:>8}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,8 @@ _FIM_DIALECTS = (
 # not mark them special.
 _END_OF_MIDDLE = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<file_sep>", "<｜end▁of▁sentence｜>")
 _CHARS_PER_TOKEN_MAX = 8  # generous upper bound, used to avoid tokenizing whole huge files
+SUFFIX_SHARE = 0.25
+"""Part of the budget a FIM prompt gives the text after the cursor."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, offsets: bool = False
 class PromptBuilder:
     """Turns (prefix, suffix) into prompt token ids for one tokenizer."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, suffix_share: float = SUFFIX_SHARE) -> None:
         self.tokenizer = tokenizer
+        self.suffix_share = suffix_share
         self.fim_ids = self._find_fim(tokenizer)
         self.stop_ids = self._find_stop_ids(tokenizer)
         self._anchor: tuple[int, str] | None = None  # (window start, text there) of the last prompt
@@ -85,7 +88,7 @@ class PromptBuilder:
         if fresh:
             self._anchor = None
         budget = context_tokens - 4
-        suffix_budget = budget // 4 if self.uses_fim else 0
+        suffix_budget = int(budget * self.suffix_share) if self.uses_fim else 0
         suffix_ids, suffix_chars = self._head(suffix, suffix_budget)
         prefix_ids, prefix_chars = self._tail(prefix, budget - len(suffix_ids))
         if self.fim_ids is None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -34,6 +35,39 @@ RESTART_COMMAND = "swiftguard.restart"
 RETRIEVE_COMMAND = "swiftguard.retrieve"
 MAX_DOCUMENT_CHARS = 20_000_000
 _ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
+T = TypeVar("T")
+
+
+def in_background(func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``func(*args)`` in a daemon thread, awaited on the running loop.
+
+    Not the loop's default executor: the interpreter joins its threads at exit, so an
+    ``exit`` notification waited for whatever load or index build was running (the
+    general-code index takes tens of seconds on a slow CPU) and editors, which give a
+    server a few seconds, killed it.  Nothing these jobs do needs finishing before the
+    process ends: caches are written atomically.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = func(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine, which logs or raises it
+            outcome = partial(future.set_exception, exc)
+        else:
+            outcome = partial(future.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:  # the loop closed while this ran: nobody is waiting any more
+            pass
+
+    threading.Thread(target=run, name=f"swiftguard-{getattr(func, '__name__', 'job')}", daemon=True).start()
+    return future
 
 
 class SwiftguardServer(LanguageServer):
@@ -125,7 +159,7 @@ class SwiftguardServer(LanguageServer):
     async def _load(self, settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         token = await self._begin_progress("Swiftguard: loading model")
-        error = await loop.run_in_executor(None, self.host.load, settings, self._reporter(token))
+        error = await in_background(self.host.load, settings, self._reporter(token))
         if token is not None:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=error or "ready"))
         if error is not None:
@@ -136,7 +170,7 @@ class SwiftguardServer(LanguageServer):
         if engine is not None and settings.speculation:
             build_general = partial(loop.call_soon_threadsafe, self._build_general_soon)
             self.indexer.general_enabled = settings.general_corpus
-            await loop.run_in_executor(None, self.indexer.attach, engine, self.workspace_root(), build_general)
+            await in_background(self.indexer.attach, engine, self.workspace_root(), build_general)
             for document in list(self.workspace.text_documents.values()):  # opened while loading
                 self.indexer.opened(document.uri, document.source, document.language_id or "")
 
@@ -152,8 +186,7 @@ class SwiftguardServer(LanguageServer):
 
     async def _build_general(self, service: Any, corpus: str) -> None:
         """Load a general code corpus, or index it once (persisted) with ``$/progress``."""
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(None, service.load_general, corpus):
+        if await in_background(service.load_general, corpus):
             return
         token = await self._begin_progress(f"Swiftguard: indexing general {corpus} code")
         report = self._reporter(token)
@@ -161,7 +194,7 @@ class SwiftguardServer(LanguageServer):
         def progress(done: int, total: int) -> None:
             report(f"{done:,} of {total:,} tokens", min(100, done * 100 // max(total, 1)))
 
-        built = await loop.run_in_executor(None, service.build_general, progress, corpus)
+        built = await in_background(service.build_general, progress, corpus)
         if token is not None and not self.shutting_down:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done" if built else "failed"))
 

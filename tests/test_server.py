@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -335,3 +336,30 @@ async def test_a_documents_language_brings_its_general_corpus(go_client: Languag
     result = await client.workspace_execute_command_async(
         types.ExecuteCommandParams(command="swiftguard.retrieve", arguments=[notes, 1, 8]))
     assert not any(c["source"] == "general" for c in result["candidates"])
+
+
+_EXIT_DURING_BACKGROUND_JOB = """
+import asyncio, sys, time
+from lsp_server.server import in_background
+
+async def main():
+    assert await in_background(pow, 2, 10) == 1024
+    try:
+        await in_background(int, "not a number")
+    except ValueError:
+        pass
+    else:
+        sys.exit(3)
+    in_background(time.sleep, 300)  # an index build still running when the client says exit
+    await asyncio.sleep(0.1)
+    sys.exit(0)
+
+asyncio.run(main())
+"""
+
+
+def test_exit_does_not_wait_for_background_jobs():
+    # With the loop's default executor, interpreter exit joined the sleeping thread.
+    done = subprocess.run([sys.executable, "-c", _EXIT_DURING_BACKGROUND_JOB], timeout=60, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr

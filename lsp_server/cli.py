@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 from .datastore.cli import add_index_parser, run_index
@@ -24,12 +25,29 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-speculation", action="store_true", help="plain greedy decoding")
 
 
+def _share(text: str) -> float:
+    """A part of the prompt budget: at least 0, below 1 (the prefix keeps some room)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
+def _context_tokens(text: str) -> int:
+    """A prompt budget, checked as the contextTokens setting is."""
+    check = next(f for f in fields(Settings) if f.name == "context_tokens").metadata["check"]
+    try:
+        return check(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
 def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     """How the prompt is cut, to measure what other budgets cost in time and quality."""
-    parser.add_argument("--context-tokens", type=int, default=Settings().context_tokens,
+    parser.add_argument("--context-tokens", type=_context_tokens, default=Settings().context_tokens,
                         help="prompt budget in tokens (the contextTokens setting)")
-    parser.add_argument("--suffix-share", type=float, default=None,
-                        help="part of the budget for the text after the cursor (FIM models; default: the engine's)")
+    parser.add_argument("--suffix-share", type=_share, default=None,
+                        help="part of the budget for the text after the cursor, in [0, 1) (FIM models; default: the engine's)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from lsp_server.bench.methods import GenerateMethod, MethodRun
 from lsp_server.bench.quality import edit_similarity, first_line_exact
 from lsp_server.bench.speed import _summary
+from lsp_server.cli import _parser
 from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.stop_rule import StopDecision
 
@@ -112,3 +115,14 @@ def test_quality_scores_the_completion_against_the_removed_body():
     assert edit_similarity("total = width + height\n    return total\n", body) > 0.8
     assert first_line_exact("\n  total = width + height\n    return 0\n", body)
     assert not first_line_exact("total = width * height\n", body)
+
+
+def test_prompt_options_refuse_budgets_the_prompt_cannot_use(capsys):
+    parser = _parser()
+    args = parser.parse_args(["bench", "--humaneval", "--context-tokens", "512", "--suffix-share", "0.5"])
+    assert (args.context_tokens, args.suffix_share) == (512, 0.5)
+    for bad in (["--context-tokens", "0"], ["--context-tokens", "many"], ["--suffix-share", "1.0"],
+                ["--suffix-share", "-0.1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", "--humaneval", *bad])
+        assert bad[0] in capsys.readouterr().err

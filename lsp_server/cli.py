@@ -7,13 +7,12 @@ import json
 import logging
 import sys
 import threading
-from dataclasses import fields
 from pathlib import Path
 
 from .datastore.cli import add_index_parser, run_index
 from .drafthead.cli import add_drafthead_parser, run_drafthead
 from .genguard.cli import add_genguard_parser, run_genguard
-from .settings import DTYPES, Settings
+from .settings import DTYPES, Settings, check_setting
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +34,8 @@ def _share(text: str) -> float:
 
 def _context_tokens(text: str) -> int:
     """A prompt budget, checked as the contextTokens setting is."""
-    check = next(f for f in fields(Settings) if f.name == "context_tokens").metadata["check"]
     try:
-        return check(int(text))
+        return check_setting("contextTokens", int(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
 

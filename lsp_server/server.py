@@ -43,8 +43,8 @@ def in_background(func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
     Not the loop's default executor: the interpreter joins its threads at exit, so an
     ``exit`` notification waited for whatever load or index build was running (the
-    general-code index takes tens of seconds on a slow CPU) and editors, which give a
-    server a few seconds, killed it.  Nothing these jobs do needs finishing before the
+    general-code index took 8 s on an idle 2-core CPU, over 10 s on a busy one) and
+    editors, which give a server a few seconds, killed it.  Nothing these jobs do needs finishing before the
     process ends: caches are written atomically.
     """
     loop = asyncio.get_running_loop()

@@ -107,6 +107,11 @@ def _camel(name: str) -> str:
 _FIELDS = {_camel(f.name): f for f in dataclasses.fields(Settings)}
 
 
+def check_setting(key: str, value: Any) -> Any:
+    """The value of setting ``key`` (camelCase) as it would be applied; ValueError says why not."""
+    return _FIELDS[key].metadata["check"](value)
+
+
 @dataclass
 class SettingsUpdate:
     """The outcome of applying user JSON: the new settings and what was wrong."""
@@ -143,7 +148,7 @@ def apply_settings(current: Settings, raw: Any) -> SettingsUpdate:
             errors.append(f"unknown setting {SECTION}.{key} (known: {known})")
             continue
         try:
-            values[spec.name] = spec.metadata["check"](value)
+            values[spec.name] = check_setting(key, value)
         except ValueError as exc:
             errors.append(
                 f"invalid value {value!r} for {SECTION}.{key}: {exc}; "

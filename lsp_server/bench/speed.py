@@ -157,6 +157,11 @@ def _summary(runs: list[MethodRun], reference: list[MethodRun] | None, passed: l
     }
 
 
+def _bodies(tasks: list[Task]) -> list[str] | None:
+    """The removed bodies the completions are scored against; None for HumanEval (pass@1 instead)."""
+    return None if any(task.problem is not None for task in tasks) else [task.reference for task in tasks]
+
+
 def _quality(runs: list[MethodRun], bodies: list[str]) -> dict[str, float]:
     return {
         "edit_similarity": round(statistics.fmean(edit_similarity(r.text, b) for r, b in zip(runs, bodies)), 4),
@@ -203,7 +208,7 @@ def run(args: Any) -> dict[str, Any]:
             runs[name].append(result)
             row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
                          "new_tokens": result.new_tokens, "passes": result.forward_passes}
-            if task.problem is None:
+            if task.problem is None:  # a repository task
                 row[name]["edit_similarity"] = round(edit_similarity(result.text, task.reference), 4)
         per_task.append(row)
     report: dict[str, Any] = {
@@ -215,7 +220,7 @@ def run(args: Any) -> dict[str, Any]:
         "methods": {},
     }
     reference = runs.get("ar")
-    bodies = None if args.humaneval else [task.reference for task in tasks]
+    bodies = _bodies(tasks)
     for name in names:
         passed = [humaneval.passes(t.problem, r.text) for t, r in zip(tasks, runs[name])] if args.humaneval else None
         report["methods"][name] = _summary(runs[name], reference, passed, bodies)
@@ -257,7 +262,7 @@ def _per_language(tasks: list[Task], runs: dict[str, list[MethodRun]],
     for language in sorted({task.language for task in tasks}):
         keep = [i for i, task in enumerate(tasks) if task.language == language]
         ref = [reference[i] for i in keep] if reference is not None else None
-        bodies = [tasks[i].reference for i in keep] if tasks[0].problem is None else None
+        bodies = _bodies([tasks[i] for i in keep])
         table[language] = {"tasks": len(keep)}
         for name, method_runs in runs.items():
             summary = _summary([method_runs[i] for i in keep], ref, None, bodies)

@@ -40,7 +40,7 @@ class ScriptedDrafter:
     def begin(self, prompt, language=None):
         pass
 
-    def draft(self, tokens):
+    def draft(self, tokens, cache=None, pending=()):
         truth = self.reference[len(tokens) :]
         noise = [self.random.randrange(self.vocab) for _ in range(6)]
         drafts = {

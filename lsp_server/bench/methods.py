@@ -202,6 +202,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "norecycle": {"use_recycling": False},
     "notiming": {"timing_control": False},
     "nohead": {"use_head": False},
+    "nomodel": {"use_model_draft": False},
     "nolookahead": {"head_lookahead": False},
     "norecalibrate": {"recalibrate": False},
     "noprompttree": {"prompt_pass": False},
@@ -251,7 +252,7 @@ class _KnownOutputDrafter:
     def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
         self._prompt_length = len(prompt)
 
-    def draft(self, tokens: Sequence[int]) -> DraftTree:
+    def draft(self, tokens: Sequence[int], cache: Any = None, pending: Sequence[int] = ()) -> DraftTree:
         done = len(tokens) - self._prompt_length
         chain = Draft(tuple(self.output[done : done + self.max_nodes]), 1.0, "known", continuation=1.0)
         tree = build_tree([chain], self.max_nodes)

@@ -177,7 +177,7 @@ def run(args: Any) -> dict[str, Any]:
         tasks = workspace_tasks(Path(args.workspace), args.tasks, args.seed)
     if not tasks:
         raise SystemExit("no tasks found")
-    loaded = load(args.model, args.device, args.dtype)
+    loaded = load(args.model, args.device, args.dtype, draft_copy=any(name.startswith("swift") for name in names))
     builder = PromptBuilder(loaded.tokenizer)
     if args.suffix_share is not None:
         builder.suffix_share = args.suffix_share

@@ -19,7 +19,7 @@ def build_engine(
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> LocalEngine:
     """Load a model and wrap it as a ready :class:`LocalEngine`."""
-    loaded = load(model, device, dtype, trust_remote_code, progress)
+    loaded = load(model, device, dtype, trust_remote_code, progress, draft_copy=speculation)
     if speculation:
         progress("measuring verification cost on this device (first start only)")
     return LocalEngine(loaded, speculation=DrafterConfig() if speculation else None, genguard=genguard)

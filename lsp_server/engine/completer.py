@@ -26,6 +26,7 @@ from .speculation.budget import VerifyCostModel
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
 from .speculation.head_drafts import HeadProposer
+from .speculation.model_draft import HalfPrecisionDraft
 from .stop_rules import StopRuleFactory
 from .stopping import tidy_completion
 from .typeahead import TypeaheadCache
@@ -47,7 +48,8 @@ def build_drafter(
 
     Its tree size follows this device's verify-cost curve (measured once, then read from the
     cache) unless ``config`` fixes it; prompt lookup covers the request's own text; the
-    trained draft head (cache dir) joins when one fits the model (``drafter.head_status`` says which).
+    trained draft head (cache dir) joins when one fits the model (``drafter.head_status`` says which);
+    a float32 model drafts chains with a float16 copy of itself.
     """
     cost = verify_cost_model(loaded, decoder) if config.fixed_nodes is None else None
     head, head_status = None, "draft head off"
@@ -56,8 +58,11 @@ def build_drafter(
         if found is not None:
             head = HeadProposer(found, loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings())
         log.info("%s", head_status)
+    model_draft = None
+    if config.use_model_draft and HalfPrecisionDraft.worth_it(loaded):
+        model_draft = HalfPrecisionDraft(loaded.model.get_decoder(), loaded.model.get_output_embeddings())
     drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split,
-                                 head=head)
+                                 head=head, model_draft=model_draft)
     drafter.head_status = head_status
     drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
     return drafter

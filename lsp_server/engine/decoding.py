@@ -34,8 +34,10 @@ class Drafter(Protocol):
         """A new completion after ``prompt``, in a document of ``language`` (a grammar name)."""
         ...
 
-    def draft(self, tokens: Sequence[int]) -> DraftTree:
-        """A tree rooted at ``tokens[-1]`` (the prompt plus everything generated so far)."""
+    def draft(self, tokens: Sequence[int], cache: DynamicCache | None = None, pending: Sequence[int] = ()) -> DraftTree:
+        """A tree rooted at ``tokens[-1]`` (the prompt plus everything generated so far);
+        ``cache`` holds all of ``tokens`` but ``pending``, for drafters that run the model
+        (they must leave it as they found it)."""
         ...
 
     def observe(self, tokens: Sequence[int], tree: DraftTree, verified: Verified, seconds: float) -> None:
@@ -128,7 +130,7 @@ class Decoder:
                 break
             context = [*prompt, *generated] if drafter is not None else []  # once per pass, for both calls
             # The prompt's pass drafts too: its tree rides on the prefill (``attention.PROMPT_SPLIT``).
-            tree = drafter.draft(context) if drafter is not None else DraftTree.empty()
+            tree = drafter.draft(context, cache, pending) if drafter is not None else DraftTree.empty()
             pass_started = time.perf_counter()
             verified = self.verify(cache, pending, tree)
             fed.extend(pending)

@@ -79,12 +79,14 @@ def packing_works(dtype: torch.dtype) -> bool:
         return False
 
 
-def install_row_invariant(model: torch.nn.Module, pack: bool = True) -> str:
+def install_row_invariant(model: torch.nn.Module, pack: bool = True, keep_half: bool = False) -> str:
     """Make every plain ``nn.Linear`` of ``model`` row-invariant, in place, packed when ``pack``
     and this build allows it; returns the kernel used ("packed" or "plain").
 
     A packed layer drops its unpacked weight (the memory would double otherwise), except
-    a weight shared with another module (an LM head tied to the input embeddings).
+    a weight shared with another module (an LM head tied to the input embeddings); with
+    ``keep_half`` it keeps a float16 copy as ``weight16`` first (for
+    ``speculation.model_draft``: oneDNN has no way back from its packed layout).
     """
     linears = [module for module in model.modules() if type(module) is torch.nn.Linear]
     dtype = linears[0].weight.dtype if linears else torch.float32
@@ -97,6 +99,8 @@ def install_row_invariant(model: torch.nn.Module, pack: bool = True) -> str:
         module.packed = _pack(module.weight)
         module.__class__ = PackedLinear
         if id(module.weight) not in shared:
+            if keep_half:
+                module.weight16 = module.weight.detach().to(torch.float16)
             module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
     _return_freed_memory()
     return "packed"

@@ -39,6 +39,8 @@ class LoadedModel:
     load_seconds: float
     kernels: str = "transformers"
     """Which linear/attention kernels run the model: verify-cost curves are kept per kernel."""
+    half_copy: bool = False
+    """Whether every linear weight is still at hand for a float16 copy (``speculation.model_draft``)."""
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -99,8 +101,13 @@ def load(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     progress: default_model.Progress = lambda _msg: None,
+    draft_copy: bool = False,
 ) -> LoadedModel:
-    """Load model and tokenizer, ready for inference on the chosen device."""
+    """Load model and tokenizer, ready for inference on the chosen device.
+
+    ``draft_copy`` keeps float16 copies of the weights that CPU packing would free, so that
+    speculation can draft with a half-precision copy of a float32 model (1 GB more for the
+    default model; made here because packed weights cannot be read back)."""
     started = time.perf_counter()
     try:
         torch_device = resolve_device(device)
@@ -124,8 +131,10 @@ def load(
         raise ModelLoadError(f"model {name!r} has no fast tokenizer (tokenizer.json), which is required")
     model.to(torch_device).eval()
     kernels = model.config._attn_implementation
+    keep_half = draft_copy and torch_dtype == torch.float32
     if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
-        kernels += f", {linear.install_row_invariant(model)} linear"
+        kernels += f", {linear.install_row_invariant(model, keep_half=keep_half)} linear"
+    half_copy = keep_half or "packed" not in kernels
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s/%s (%s) in %.1fs", name, torch_device, torch_dtype, kernels, seconds)
-    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds, kernels)
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds, kernels, half_copy)

@@ -29,10 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from transformers import DynamicCache
+
 from .acceptance import Rate, SourceCalibration
 from .budget import OnlineCost, VerifyCostModel, best_prefix
 from .draft_tree import Draft, DraftTree, build_tree
 from .head_drafts import HeadProposer
+from .model_draft import MAX_PENDING, HalfPrecisionDraft
 from .preference_cache import PreferenceCache
 from .token_recycling import TokenRecycler
 from .verify import Verified
@@ -44,6 +47,9 @@ MATCH_BUCKETS = (0, 2, 4, 8, 16)
 FIRST_PRIOR = {0: 0.25, 2: 0.3, 4: 0.4, 8: 0.55, 16: 0.8}
 CONTINUATION_PRIOR = {0: 0.5, 2: 0.6, 4: 0.7, 8: 0.8, 16: 0.9}
 """Starting points only (longer matches are more reliable): a few dozen passes replace them."""
+SOURCE_PRIOR = {HalfPrecisionDraft.name: (0.9, 0.95)}
+"""Sources whose starting rates do not depend on a match length: the model's own float16
+copy picks the model's token nearly always."""
 
 
 def match_bucket(match: int) -> int:
@@ -80,6 +86,9 @@ class DrafterStats:
     retrieval_seconds: float = 0.0
     head_seconds: float = 0.0
     """Time spent running the draft head and turning its guesses into drafts."""
+    model_draft_seconds: float = 0.0
+    """Time spent drafting with the model's float16 copy."""
+    model_draft_tokens: int = 0
     accepted_by_source: Counter[str] = field(default_factory=Counter)
     proposed_by_source: Counter[str] = field(default_factory=Counter)
     offered_by_source: Counter[str] = field(default_factory=Counter)
@@ -99,6 +108,8 @@ class DrafterStats:
             "retrieval_skipped": self.retrieval_skipped,
             "retrieval_seconds": round(self.retrieval_seconds, 4),
             "head_seconds": round(self.head_seconds, 4),
+            "model_draft_seconds": round(self.model_draft_seconds, 4),
+            "model_draft_tokens": self.model_draft_tokens,
             "accepted_by_source": dict(self.accepted_by_source),
             "proposed_by_source": dict(self.proposed_by_source),
             "first_token_hit_rate": {
@@ -136,6 +147,11 @@ class DrafterConfig:
     (``acceptance.SourceCalibration``), and re-rank the tree before sizing it."""
     prompt_pass: bool = True
     """Draft for the prompt's own pass too (its tree rides on the prefill)."""
+    use_model_draft: bool = True
+    """Draft chains with the model's float16 copy where that halves the bytes read
+    (``model_draft``; a float32 model)."""
+    max_chain: int = 16
+    """The longest chain the float16 copy drafts in one pass."""
 
 
 class SpeculativeDrafter:
@@ -149,10 +165,12 @@ class SpeculativeDrafter:
         per_request: Callable[[Sequence[int]], RetrievalSource] | None = None,
         split_prompt: Callable[[Sequence[int]], tuple[list[int], list[int]]] | None = None,
         head: HeadProposer | None = None,
+        model_draft: HalfPrecisionDraft | None = None,
     ) -> None:
         """``per_request`` makes a source from the document text after the cursor (tokens);
         ``split_prompt`` maps prompt ids to (text before the cursor, text after it) in tokens;
-        ``head`` is the learned draft head bound to the model, if one fits it."""
+        ``head`` is the learned draft head bound to the model, if one fits it;
+        ``model_draft`` the model's float16 copy, where it pays."""
         self.cost = OnlineCost(cost) if cost is not None else None
         self.config = config or DrafterConfig()
         self.retrieval = list(retrieval)
@@ -177,6 +195,12 @@ class SpeculativeDrafter:
         self._prompt_length = 0
         self.head = head if self.config.use_head else None
         self.head_status = "draft head on" if self.head is not None else "draft head off"
+        self.model_draft = model_draft if self.config.use_model_draft else None
+        self._draft_step: Rate | None = None
+        """Seconds per token the float16 copy drafts, lately (None until it has drafted)."""
+        self._throughput = [0.0, 0.0]
+        """Decayed sums of tokens and seconds (drafting included) over decoding passes."""
+        self._pass_draft_seconds = 0.0
         """A line for ``swiftguard.status``; the engine's builder says which head or why none."""
         self._head_state: tuple[Any, int] | None = None
         """The last pass's final hidden state and the pending token it chose: the head's input."""
@@ -241,7 +265,8 @@ class SpeculativeDrafter:
 
     def _rates(self, key: tuple[str, int]) -> tuple[Rate, Rate]:
         if key not in self.rates:
-            self.rates[key] = (Rate(FIRST_PRIOR[key[1]]), Rate(CONTINUATION_PRIOR[key[1]]))
+            first, continuation = SOURCE_PRIOR.get(key[0], (FIRST_PRIOR[key[1]], CONTINUATION_PRIOR[key[1]]))
+            self.rates[key] = (Rate(first), Rate(continuation))
         return self.rates[key]
 
     def _calibrated(self, drafts: list[Draft], learn: bool = True) -> list[Draft]:
@@ -281,7 +306,9 @@ class SpeculativeDrafter:
         drafts += self._retrieve(tokens)
         return [draft for draft in drafts if draft.tokens]
 
-    def draft(self, tokens: Sequence[int]) -> DraftTree:
+    def draft(self, tokens: Sequence[int], cache: DynamicCache | None = None, pending: Sequence[int] = ()) -> DraftTree:
+        """``cache`` holds the keys and values of ``tokens`` but ``pending``, the tokens the
+        pass will feed first: what the model's float16 copy drafts on (and leaves as it was)."""
         if not self.config.prompt_pass and len(tokens) <= self._prompt_length:
             return DraftTree.empty()
         tokens = self._document_order(tokens)
@@ -293,7 +320,75 @@ class SpeculativeDrafter:
             started = time.perf_counter()
             scaled += self._head_drafts(tokens, {draft.tokens[0] for draft in scaled})
             self.stats.head_seconds += time.perf_counter() - started
-        return self.size_tree(build_tree(scaled, self.config.max_nodes))
+        tree = self.size_tree(build_tree(scaled, self.config.max_nodes))
+        if self.model_draft is not None and cache is not None and 0 < len(pending) <= MAX_PENDING:
+            chain = self._model_chain(tree, cache, pending)
+            if chain:
+                tree = self.size_tree(build_tree([*scaled, *chain], self.config.max_nodes))
+        return tree
+
+    def _model_chain(self, tree: DraftTree, cache: DynamicCache, pending: Sequence[int]) -> list[Draft]:
+        """The float16 copy's chain, if one beats ``tree`` (the other sources', sized) on
+        this device, as long as pays (``chain_limit``); at a near-tie where it ends, the
+        other token too, with half the last token's mass each."""
+        key = (HalfPrecisionDraft.name, 0)
+        first, continuation = self._rates(key)
+        limit = self.chain_limit(first.value, continuation.value, tree)
+        if not limit:
+            return []
+        started = time.perf_counter()
+        tokens, runner_up = self.model_draft.chain(cache, pending, limit)  # type: ignore[union-attr]
+        seconds = time.perf_counter() - started
+        self.stats.model_draft_seconds += seconds
+        self._pass_draft_seconds = seconds
+        if not tokens:
+            return []
+        self.stats.model_draft_tokens += len(tokens)
+        if self._draft_step is None:
+            self._draft_step = Rate(seconds / len(tokens), strength=1.0, decay=0.9)
+        self._draft_step.update(seconds / len(tokens))
+        self._top_guess[key] = tokens[0]
+        self._new_follows.append(_Follow(key, tuple(tokens)))
+        masses = [first.value * continuation.value ** depth for depth in range(len(tokens))]
+        if runner_up is None:
+            return [Draft(tuple(tokens), first.value, HalfPrecisionDraft.name, masses=tuple(masses))]
+        masses[-1] /= 2
+        return [Draft(tuple(tokens), first.value, HalfPrecisionDraft.name, masses=tuple(masses)),
+                Draft((*tokens[:-1], runner_up), first.value, HalfPrecisionDraft.name,
+                      masses=(0.0,) * (len(tokens) - 1) + (masses[-1],))]
+
+    def chain_limit(self, first: float, continuation: float, tree: DraftTree) -> int:
+        """How many tokens the float16 copy should draft on top of ``tree`` (the other
+        sources', sized): the length whose extra expected tokens most exceed what its extra
+        time (drafting, and the bigger verify pass) yields at the decoding's recent rate.
+        None where that gain is not positive: the sources have the next tokens, or where
+        retrieval keeps decoding fast, or on a device where a draft token costs about a pass.
+
+        The recent rate is the yardstick, not this pass's tree alone: on repository code a
+        weak tree is often followed by a long stretch that retrieval drafts for free, and
+        the copy's chain would have paid for those tokens (8 requests tasks: with the chain
+        measured against the tree alone, 150 instead of 123 ms a token)."""
+        if self.cost is None:
+            return self.config.max_chain
+        step = self._draft_step.value if self._draft_step is not None else 0.5 * self.cost(0)
+        base_expected, base_cost = 1.0 + sum(tree.probabilities), self.cost(len(tree))
+        rate = self.throughput() or base_expected / base_cost
+        best, best_gain = 0, 0.0
+        expected, p = 1.0, first
+        for k in range(1, self.config.max_chain + 1):
+            expected += p
+            p *= continuation
+            extra_tokens = max(expected, base_expected) - base_expected
+            extra_seconds = k * step + self.cost(k + len(tree)) - base_cost
+            gain = extra_tokens - rate * extra_seconds
+            if gain > best_gain:
+                best, best_gain = k, gain
+        return best
+
+    def throughput(self) -> float | None:
+        """Tokens per second over recent decoding passes, drafting time included (None before any)."""
+        tokens, seconds = self._throughput
+        return tokens / seconds if seconds > 0 else None
 
     def size_tree(self, tree: DraftTree) -> DraftTree:
         """Recalibrate a built tree's probabilities to observed acceptance, re-rank it, and
@@ -379,8 +474,13 @@ class SpeculativeDrafter:
                 if second is not None and self._top_guess.get((HeadProposer.name, 0)) == verified.accepted[0]:
                     self._head_confidence[1].update(second)
                 self._head_top = None
-        if self.cost is not None and len(tokens) > self._prompt_length:
-            self.cost.observe(len(tree), seconds)  # decoding passes only: the prompt pass is not a tree
+        if len(tokens) > self._prompt_length:  # decoding passes only: the prompt pass is not a tree
+            if self.cost is not None:
+                self.cost.observe(len(tree), seconds)
+            decay = 0.95
+            self._throughput = [self._throughput[0] * decay + len(verified.accepted),
+                                self._throughput[1] * decay + seconds + self._pass_draft_seconds]
+        self._pass_draft_seconds = 0.0
         if self.config.use_recycling:
             path_tokens = [tree.tokens[node] for node in verified.path]
             self.recycler.observe([tokens[-1], *path_tokens], verified.logits)

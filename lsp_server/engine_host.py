@@ -27,7 +27,7 @@ def load_local_engine(settings: Settings, progress: Callable[[str], None]) -> Co
 
     return build_engine(
         settings.model, settings.device, settings.dtype, settings.trust_remote_code, settings.speculation,
-        settings.genguard, progress
+        settings.genguard, progress, self_draft=settings.self_draft,
     )
 
 

@@ -14,7 +14,7 @@ from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.engine.speculation.budget import VerifyCostModel
 from lsp_server.engine.speculation.draft_tree import DraftTree
 from lsp_server.engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
-from lsp_server.engine.speculation.model_draft import Chain, HalfPrecisionDraft
+from lsp_server.engine.speculation.model_draft import Chain, HalfPrecisionDraft, ascii_vocabulary
 
 PROMPT = "def total(values):\n    result = 0\n    for value in values:\n        result += value\n    return result\n\n\ndef mean(values):\n"
 
@@ -56,7 +56,12 @@ def test_the_chain_is_the_models_greedy_continuation_and_leaves_the_cache_alone(
     tiny_loaded = loaded_with_copy
     ids = _ids(tiny_loaded)
     truth = _greedy(tiny_loaded, ids, 12)
-    draft = HalfPrecisionDraft(tiny_loaded.model.get_decoder(), tiny_loaded.model.get_output_embeddings())
+    assert 0 < len(ascii_vocabulary(tiny_loaded.tokenizer)) < len(tiny_loaded.tokenizer)  # bytes over 127 are not
+    # A vocabulary that holds the greedy tokens among others: the copy's argmax over those
+    # rows, mapped back to ids, is the model's token.
+    vocabulary = sorted(set(truth) | set(range(0, len(tiny_loaded.tokenizer), 3)))
+    draft = HalfPrecisionDraft(tiny_loaded.model.get_decoder(), tiny_loaded.model.get_output_embeddings(), vocabulary)
+    assert draft.head.out_features == len(vocabulary)
     cache = new_cache()
     with torch.inference_mode():
         forward_with_cache(tiny_loaded.model.get_decoder(), cache, input_ids=torch.tensor([ids[:-1]]))

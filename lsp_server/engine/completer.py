@@ -26,7 +26,7 @@ from .speculation.budget import VerifyCostModel
 from .speculation.calibration import cost_model_for
 from .speculation.drafter import DrafterConfig, SpeculativeDrafter
 from .speculation.head_drafts import HeadProposer
-from .speculation.model_draft import HalfPrecisionDraft
+from .speculation.model_draft import HalfPrecisionDraft, ascii_vocabulary
 from .stop_rules import StopRuleFactory
 from .stopping import tidy_completion
 from .typeahead import TypeaheadCache
@@ -60,7 +60,8 @@ def build_drafter(
         log.info("%s", head_status)
     model_draft = None
     if config.use_model_draft and HalfPrecisionDraft.worth_it(loaded):
-        model_draft = HalfPrecisionDraft(loaded.model.get_decoder(), loaded.model.get_output_embeddings())
+        model_draft = HalfPrecisionDraft(loaded.model.get_decoder(), loaded.model.get_output_embeddings(),
+                                         ascii_vocabulary(loaded.tokenizer))
     drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split,
                                  head=head, model_draft=model_draft)
     drafter.head_status = head_status

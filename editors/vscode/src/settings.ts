@@ -37,6 +37,7 @@ export const SERVER_KEYS = [
   'logLevel',
   'trustRemoteCode',
   'speculation',
+  'selfDraft',
   'generalCorpus',
   'genguard',
 ] as const;

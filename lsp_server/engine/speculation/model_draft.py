@@ -110,16 +110,33 @@ def _plain_attention(config: Any) -> Any:
     return plain
 
 
+def ascii_vocabulary(tokenizer: Any) -> list[int]:
+    """The token ids whose text is ASCII, special tokens included.  Code is written in them
+    (in the sources of requests, express and greenlet, 5 of 88,000 tokens were not), and
+    for Qwen2.5 they are 94,651 of 151,936 ids: the copy's LM head then reads 38% less
+    (14 instead of 25 ms a token here).  Decoding the vocabulary takes about 1.4 s."""
+    texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
+    return [token for token, text in enumerate(texts) if text.isascii()]
+
+
 class HalfPrecisionDraft:
     """The loaded model's body and LM head with float16 weights: greedy chains of drafts."""
 
     name = "model"
 
-    def __init__(self, body: torch.nn.Module, head: torch.nn.Linear) -> None:
+    def __init__(self, body: torch.nn.Module, head: torch.nn.Linear, vocabulary: Sequence[int] | None = None) -> None:
+        """``vocabulary``: the token ids the copy may draft (all when None); its LM head
+        keeps only their rows."""
         started = time.perf_counter()
         self.body = _with_half_linears(body, _plain_attention(body.config))
-        self.head = HalfLinear(half_weight(head), head.bias)
+        weight, bias = half_weight(head), head.bias
         self.device = head.weight.device
+        self.vocabulary: torch.Tensor | None = None
+        if vocabulary is not None:
+            self.vocabulary = torch.tensor([token for token in vocabulary if token < weight.shape[0]], device=self.device)
+            weight = weight.index_select(0, self.vocabulary)
+            bias = None if bias is None else bias.index_select(0, self.vocabulary)
+        self.head = HalfLinear(weight, bias)
         log.info("float16 draft copy of the model made in %.1fs", time.perf_counter() - started)
 
     @classmethod
@@ -141,6 +158,9 @@ class HalfPrecisionDraft:
                 token, runner_up = self._pick(self._logits(cache, feed))
                 if token is None:
                     break
+                if self.vocabulary is not None:
+                    token = int(self.vocabulary[token])
+                    runner_up = None if runner_up is None else int(self.vocabulary[runner_up])
                 tokens.append(token)
                 if runner_up is not None:
                     return Chain(tokens, runner_up)

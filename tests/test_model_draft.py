@@ -151,3 +151,13 @@ def test_a_near_tie_puts_both_tokens_in_the_tree():
     tree = drafter.draft([1, 2, 3], new_cache(), [3])
     paths = {tuple(tree.tokens[node] for node in tree.path_to(index)) for index in range(len(tree))}
     assert {(7, 8, 9), (7, 8, 19)} <= paths
+
+
+def test_the_self_draft_setting_turns_the_copy_and_its_memory_off(tiny_model_dir):
+    from lsp_server.engine import build_engine
+
+    on = build_engine(str(tiny_model_dir), "cpu", "float32")
+    off = build_engine(str(tiny_model_dir), "cpu", "float32", self_draft=False)
+    assert on.describe()["self_draft"] and not off.describe()["self_draft"]
+    assert any(hasattr(m, "weight16") for m in on.loaded.model.modules())
+    assert not any(hasattr(m, "weight16") for m in off.loaded.model.modules())

@@ -116,6 +116,7 @@ async def test_inline_completion_and_stats(client: LanguageClient):
     current = await status(client)
     assert current["engine"]["model"] and current["engine"]["device"] == "cpu"
     assert "no draft head for" in current["engine"]["draft_head"]  # the tiny test model has none: status says so
+    assert current["engine"]["self_draft"] is True  # an fp32 model drafts with its float16 copy
     assert current["last_completion"]["new_tokens"] > 0
     assert current["requests"]["completed"] >= 1
 

@@ -173,6 +173,7 @@ class LocalEngine:
         if self.drafter is not None:
             data["drafter"] = self.drafter.stats.as_json()
             data["draft_head"] = self.drafter.head_status
+            data["self_draft"] = self.drafter.model_draft is not None
         return data
 
     def close(self) -> None:

@@ -5,7 +5,9 @@ produced before), per-request sources (the prompt and the output so far) and ret
 sources (the repository and general-code datastores), then Token Recycling for when
 nothing matches, and the learned draft head (``head_drafts``): from the pass's last hidden
 state it guesses a small tree of the tokens after the model's pending one, and recycled
-successors continue its deepest guesses.  Retrieval timing control (CodeSwift) skips datastore searches that are
+successors continue its deepest guesses.  A float32 model also drafts with a float16 copy
+of itself (``model_draft``): a chain of its greedy tokens, drafted only when the chain adds
+more tokens than its time would yield at the decoding's recent rate.  Retrieval timing control (CodeSwift) skips datastore searches that are
 unlikely to pay: contexts whose last bigram found nothing before (the miss table) and,
 once they have proved poor, searches right after a newline.
 
@@ -195,13 +197,14 @@ class SpeculativeDrafter:
         self._prompt_length = 0
         self.head = head if self.config.use_head else None
         self.head_status = "draft head on" if self.head is not None else "draft head off"
+        """A line for ``swiftguard.status``; the engine's builder says which head or why none."""
         self.model_draft = model_draft if self.config.use_model_draft else None
         self._draft_step: Rate | None = None
         """Seconds per token the float16 copy drafts, lately (None until it has drafted)."""
         self._throughput = [0.0, 0.0]
         """Decayed sums of tokens and seconds (drafting included) over decoding passes."""
         self._pass_draft_seconds = 0.0
-        """A line for ``swiftguard.status``; the engine's builder says which head or why none."""
+        """The copy's drafting time for the pass about to be observed."""
         self._head_state: tuple[Any, int] | None = None
         """The last pass's final hidden state and the pending token it chose: the head's input."""
         self._head_confidence = (Rate(0.5), Rate(0.5))
@@ -328,8 +331,8 @@ class SpeculativeDrafter:
         return tree
 
     def _model_chain(self, tree: DraftTree, cache: DynamicCache, pending: Sequence[int]) -> list[Draft]:
-        """The float16 copy's chain, if one beats ``tree`` (the other sources', sized) on
-        this device, as long as pays (``chain_limit``); at a near-tie where it ends, the
+        """The float16 copy's chain, if one adds to ``tree`` (the other sources', sized) on
+        this device, as long as it pays (``chain_limit``); at a near-tie where it ends, the
         other token too, with half the last token's mass each."""
         key = (HalfPrecisionDraft.name, 0)
         first, continuation = self._rates(key)

@@ -364,8 +364,8 @@ class SpeculativeDrafter:
         """How many tokens the float16 copy should draft on top of ``tree`` (the other
         sources', sized): the length whose extra expected tokens most exceed what its extra
         time (drafting, and the bigger verify pass) yields at the decoding's recent rate.
-        None where that gain is not positive: the sources have the next tokens, or where
-        retrieval keeps decoding fast, or on a device where a draft token costs about a pass.
+        0 where that gain is not positive: the sources have the next tokens, retrieval keeps
+        decoding fast, or the device makes a draft token cost about as much as a pass.
 
         The recent rate is the yardstick, not this pass's tree alone: on repository code a
         weak tree is often followed by a long stretch that retrieval drafts for free, and

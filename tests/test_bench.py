@@ -129,3 +129,11 @@ def test_prompt_options_refuse_budgets_the_prompt_cannot_use(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["bench", "--humaneval", *bad])
         assert bad[0] in capsys.readouterr().err
+
+
+def test_only_methods_that_draft_with_the_copy_make_the_load_keep_its_weights():
+    from lsp_server.bench.methods import swift_ablation, uses_model_draft
+
+    assert swift_ablation("swift") == "" and swift_ablation("swift-nohead") == "nohead" and swift_ablation("ar") is None
+    assert uses_model_draft("swift") and uses_model_draft("swift-nocache")
+    assert not any(map(uses_model_draft, ["swift-nomodel", "ar", "pld", "ceiling", "swift-bogus"]))

@@ -213,6 +213,21 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+def swift_ablation(name: str) -> str | None:
+    """The ablation a ``swift``/``swift-<ablation>`` method name asks for ("" for the whole
+    engine); None for other methods."""
+    if name == "swift" or name.startswith("swift-"):
+        return name.removeprefix("swift").removeprefix("-")
+    return None
+
+
+def uses_model_draft(name: str) -> bool:
+    """Whether method ``name`` drafts with the model's float16 copy, whose weights the load
+    must keep (``loader.load(draft_copy=True)``, about 1.1 GB for the default model)."""
+    ablation = swift_ablation(name)
+    return ablation in ABLATIONS and DrafterConfig(**ABLATIONS[ablation]).use_model_draft
+
+
 def _run_decoder(decoder: Decoder, drafter: Any, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
                  language: str) -> MethodRun:
     """One completion with this engine's decoder; time spent by ``--check-exact`` is left out."""

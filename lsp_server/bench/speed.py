@@ -26,7 +26,7 @@ from ..stop_rule import StopRule
 from ..syntax import SyntaxStop
 from . import humaneval
 from .exactness import CheckedVerifier, install_check
-from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod
+from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod, swift_ablation, uses_model_draft
 from .quality import edit_similarity, first_line_exact
 from .tasks import Task, humaneval_tasks, workspace_tasks
 
@@ -92,8 +92,7 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
             methods[name] = GenerateMethod(loaded, stop_ids, prompt_lookup=10)
         elif name == "ar-stopstrings":
             methods[name] = GenerateMethod(loaded, stop_ids, None, use_stop_strings=True)
-        elif name == "swift" or name.startswith("swift-"):
-            ablation = name.removeprefix("swift").removeprefix("-")
+        elif (ablation := swift_ablation(name)) is not None:
             if ablation not in ABLATIONS:
                 raise SystemExit(f"unknown method {name!r}; ablations: {', '.join(a for a in ABLATIONS if a)}")
             methods[name] = SwiftMethod(loaded, stop_ids, ablation, [retrieval.service.datastore])
@@ -177,7 +176,7 @@ def run(args: Any) -> dict[str, Any]:
         tasks = workspace_tasks(Path(args.workspace), args.tasks, args.seed)
     if not tasks:
         raise SystemExit("no tasks found")
-    loaded = load(args.model, args.device, args.dtype, draft_copy=any(name.startswith("swift") for name in names))
+    loaded = load(args.model, args.device, args.dtype, draft_copy=any(map(uses_model_draft, names)))
     builder = PromptBuilder(loaded.tokenizer)
     if args.suffix_share is not None:
         builder.suffix_share = args.suffix_share

@@ -106,7 +106,7 @@ def load(
     """Load model and tokenizer, ready for inference on the chosen device.
 
     ``draft_copy`` keeps float16 copies of the weights that CPU packing would free, so that
-    speculation can draft with a half-precision copy of a float32 model (1 GB more for the
+    speculation can draft with a half-precision copy of a float32 model (1.1 GB more for the
     default model; made here because packed weights cannot be read back)."""
     started = time.perf_counter()
     try:

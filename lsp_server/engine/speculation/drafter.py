@@ -349,7 +349,8 @@ class SpeculativeDrafter:
         self.stats.model_draft_tokens += len(tokens)
         if self._draft_step is None:
             self._draft_step = Rate(seconds / len(tokens), strength=1.0, decay=0.9)
-        self._draft_step.update(seconds / len(tokens))
+        else:
+            self._draft_step.update(seconds / len(tokens))
         self._top_guess[key] = tokens[0]
         self._new_follows.append(_Follow(key, tuple(tokens)))
         masses = [first.value * continuation.value ** depth for depth in range(len(tokens))]

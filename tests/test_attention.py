@@ -11,7 +11,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lsp_server.engine.attention import BLOCK, decoding_attention
-from lsp_server.engine.linear import PackedLinear, RowInvariantLinear, install_row_invariant, packing_works
+from lsp_server.engine.linear import PackedLinear, RowInvariantLinear, install_row_invariant, packing_works, rows_per_call
 from lsp_server.engine.speculation.draft_tree import DraftTree
 from lsp_server.engine.speculation.verify import tree_attention_mask
 
@@ -139,10 +139,10 @@ def test_a_single_row_gets_the_bits_it_gets_among_others(pack, dtype):
     torch.manual_seed(0)
     layer = torch.nn.Linear(4864, 896, bias=False).to(dtype)
     reference = layer.weight.detach().clone()
-    kernel = install_row_invariant(torch.nn.Sequential(layer), pack=pack)
+    kernel = install_row_invariant(torch.nn.Sequential(layer), pack=pack).split()[0]
     assert kernel == ("packed" if pack and packing_works(dtype) else "plain")
     assert isinstance(layer, PackedLinear if kernel == "packed" else RowInvariantLinear)
-    rows = torch.randn(1, 40, 4864).to(dtype)
+    rows = torch.randn(1, 70, 4864).to(dtype)
     together = layer(rows)
     expected = rows.float() @ reference.float().T
     assert torch.allclose(together.float(), expected, atol=0.05 if dtype == torch.bfloat16 else 1e-3, rtol=0.02)
@@ -151,7 +151,7 @@ def test_a_single_row_gets_the_bits_it_gets_among_others(pack, dtype):
     for index in range(16):
         assert torch.equal(layer(rows[:, index : index + 1]), together[:, index : index + 1])
         assert torch.equal(layer(rows[0, index]), together[0, index])  # a 1-D input keeps its shape
-    for size in (2, 3, 7, 17):
+    for size in (2, 3, 7, 17, 33, 64):  # more than 32 rows: several calls where this CPU needs them
         assert torch.equal(layer(rows[:, 5 : 5 + size]), together[:, 5 : 5 + size])
 
 
@@ -163,7 +163,7 @@ def test_packing_keeps_a_weight_shared_with_the_embeddings_and_drops_the_others(
     head.weight = embedding.weight  # tied, as in Qwen2.5-Coder-0.5B
     model = torch.nn.ModuleDict({"embed": embedding, "proj": projection, "head": head})
     before = head(projection(embedding(torch.tensor([[1, 2, 3]])))).detach()
-    assert install_row_invariant(model) == "packed"
+    assert install_row_invariant(model).startswith("packed")
     assert head.weight is embedding.weight and projection.weight.numel() == 0
     assert (head.in_features, head.out_features) == (8, 50)
     assert torch.allclose(head(projection(embedding(torch.tensor([[1, 2, 3]])))), before, atol=1e-5)
@@ -172,3 +172,41 @@ def test_packing_keeps_a_weight_shared_with_the_embeddings_and_drops_the_others(
 def test_cpu_models_load_with_the_decoding_kernels(tiny_loaded):
     assert tiny_loaded.model.config._attn_implementation == "swiftguard_row_invariant"
     assert all(type(m) is not torch.nn.Linear for m in tiny_loaded.model.modules())
+
+
+class _BlockedAbove(RowInvariantLinear):
+    """A kernel whose rows get other bits in calls of more than ``rows`` rows (as oneDNN's
+    bf16 product does above 32 rows on a CPU with AMX)."""
+
+    rows = 32
+
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.linear(rows, self.weight, self.bias)
+        return out + 1e-3 if rows.shape[0] > self.rows else out
+
+
+class _ByCallSize(RowInvariantLinear):
+    """A kernel whose rows get other bits in every call size: no limit helps."""
+
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rows, self.weight, self.bias) + 1e-3 * rows.shape[0]
+
+
+@pytest.mark.parametrize("threshold, expected", [(1000, None), (32, 32), (20, 16)])
+def test_the_probe_finds_the_largest_call_size_that_keeps_a_rows_bits(threshold, expected):
+    layer = torch.nn.Linear(16, 8)
+    layer.__class__ = _BlockedAbove
+    layer.rows = threshold
+    assert rows_per_call([layer]) == expected
+    assert layer.max_rows == expected
+    rows = torch.randn(50, 16)
+    alone = torch.cat([layer(row[None]) for row in rows])
+    assert torch.equal(layer(rows), alone) == (threshold >= 16)
+
+
+def test_the_probe_warns_when_no_call_size_keeps_a_rows_bits(caplog):
+    layer = torch.nn.Linear(16, 8)
+    layer.__class__ = _ByCallSize
+    with caplog.at_level("WARNING"):
+        assert rows_per_call([layer]) == 16
+    assert "near-tied" in caplog.text

@@ -17,6 +17,14 @@ random rows unpacked, 1 of 9 packed), so a token decoded alone (plain greedy dec
 verification tree got different hidden states, and bf16 speculation flipped greedy
 near-ties.  A single row is therefore computed as two copies of it: every row then gets
 the same bits whatever the row count (checked for 2 to 2,100 rows, packed or not).
+
+On a CPU with AMX (Intel Sapphire Rapids and later) oneDNN's bf16 product picks its
+blocking by the row count too: a row got other bits in a call of more than 32 rows than
+in a call of its own, packed or not, so bf16 speculation diverged from plain decoding
+(HumanEval 24: 5 outputs differed from ``generate``'s at one-ulp near-ties).  Calls of
+up to 32 rows all agreed with each other (every size from 1 to 32, any position of the
+row).  So at load time the model's layers are probed (``rows_per_call``): where a big
+call differs from calls of one row, products are computed in calls of at most 32 rows.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ _PACK_ROWS_HINT = 16
 """The row count oneDNN is told to expect when it picks the packed layout (a decoding pass)."""
 
 
+ROW_LIMITS = (32, 16)
+"""Call sizes tried, in order, when a layer's product is not row-invariant in one call."""
+_PROBE_ROWS = 48
+
+
 def _pairs(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``input`` as a 2-D matrix of at least two rows; True if a single row was doubled."""
     rows = input.reshape(-1, input.shape[-1])
@@ -41,23 +54,68 @@ def _pairs(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 class RowInvariantLinear(torch.nn.Linear):
-    """``nn.Linear`` that never hands its kernel a single row (where packing is not available)."""
+    """``nn.Linear`` that never hands its kernel a single row (where packing is not available)
+    nor more than ``max_rows`` rows in one call."""
+
+    max_rows: int | None = None
+
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rows, self.weight, self.bias)
+
+    def _call(self, rows: torch.Tensor) -> torch.Tensor:
+        pairs, doubled = _pairs(rows)
+        out = self._product(pairs)
+        return out[:1] if doubled else out
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        rows, doubled = _pairs(input)
-        out = torch.nn.functional.linear(rows, self.weight, self.bias)
-        return (out[:1] if doubled else out).reshape(*input.shape[:-1], self.out_features)
+        rows = input.reshape(-1, input.shape[-1])
+        limit = self.max_rows
+        if limit is None or rows.shape[0] <= limit:
+            out = self._call(rows)
+        else:
+            out = torch.cat([self._call(rows[start : start + limit]) for start in range(0, rows.shape[0], limit)])
+        return out.reshape(*input.shape[:-1], self.out_features)
 
 
-class PackedLinear(torch.nn.Linear):
+class PackedLinear(RowInvariantLinear):
     """``nn.Linear`` on a weight reordered once for oneDNN; single rows as two."""
 
     packed: torch.Tensor
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        rows, doubled = _pairs(input)
-        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        return (out[:1] if doubled else out).reshape(*input.shape[:-1], self.out_features)
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+
+
+def _invariant_in_calls_of(layer: RowInvariantLinear, rows: torch.Tensor, limit: int | None) -> bool:
+    """Whether ``layer`` with calls of at most ``limit`` rows gives every row of ``rows`` the
+    bits it gets in a call of its own, at two alignments of the calls."""
+    alone = torch.cat([layer._call(row[None]) for row in rows])
+    layer.max_rows = limit
+    return all(torch.equal(layer(rows[start:]), alone[start:]) for start in (0, 3))
+
+
+def rows_per_call(layers: list[RowInvariantLinear]) -> int | None:
+    """The largest call size (None: any) at which each distinct kind of layer (shape, dtype,
+    kernel) gives a row the same bits as a call of its own, probed on random rows; a
+    warning if no size in ``ROW_LIMITS`` does (then speculation may flip near-ties)."""
+    kinds = {(type(layer), layer.in_features, layer.out_features, layer.bias is not None): layer for layer in layers}
+    generator = torch.Generator().manual_seed(0)
+    limit: int | None = None
+    with torch.inference_mode():
+        for layer in kinds.values():
+            dtype = layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype
+            rows = torch.randn(_PROBE_ROWS, layer.in_features, generator=generator).to(dtype)
+            for candidate in (limit, *(size for size in ROW_LIMITS if limit is None or size < limit)):
+                if _invariant_in_calls_of(layer, rows, candidate):
+                    limit = candidate
+                    break
+            else:
+                log.warning("no call size gives %s rows the bits they get alone: speculation may flip "
+                            "near-tied tokens on this CPU", layer.__class__.__name__)
+                limit = ROW_LIMITS[-1]
+    for layer in layers:
+        layer.max_rows = limit
+    return limit
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
@@ -81,7 +139,8 @@ def packing_works(dtype: torch.dtype) -> bool:
 
 def install_row_invariant(model: torch.nn.Module, pack: bool = True, keep_half: bool = False) -> str:
     """Make every plain ``nn.Linear`` of ``model`` row-invariant, in place, packed when ``pack``
-    and this build allows it; returns the kernel used ("packed" or "plain").
+    and this build allows it; returns the kernel used ("packed" or "plain", with the row
+    limit per call where this CPU needs one: ``rows_per_call``).
 
     A packed layer drops its unpacked weight (the memory would double otherwise), except
     a weight shared with another module (an LM head tied to the input embeddings); with
@@ -93,7 +152,7 @@ def install_row_invariant(model: torch.nn.Module, pack: bool = True, keep_half: 
     if not (pack and linears and packing_works(dtype)):
         for module in linears:
             module.__class__ = RowInvariantLinear
-        return "plain"
+        return _kernel_name("plain", linears)
     shared = {id(p) for m in model.modules() if type(m) is not torch.nn.Linear for p in m.parameters(recurse=False)}
     for module in linears:
         module.packed = _pack(module.weight)
@@ -103,7 +162,13 @@ def install_row_invariant(model: torch.nn.Module, pack: bool = True, keep_half: 
                 module.weight16 = module.weight.detach().to(torch.float16)
             module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
     _return_freed_memory()
-    return "packed"
+    return _kernel_name("packed", linears)
+
+
+def _kernel_name(kernel: str, linears: list[torch.nn.Module]) -> str:
+    """``kernel``, with the row limit that ``rows_per_call`` found if one was needed."""
+    limit = rows_per_call(linears)  # type: ignore[arg-type]
+    return kernel if limit is None else f"{kernel} ({limit}-row calls)"
 
 
 def _return_freed_memory() -> None:

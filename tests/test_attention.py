@@ -11,7 +11,15 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lsp_server.engine.attention import BLOCK, decoding_attention
-from lsp_server.engine.linear import PackedLinear, RowInvariantLinear, install_row_invariant, packing_works, rows_per_call
+from lsp_server.engine.linear import (
+    PROMPT_ROWS,
+    PackedLinear,
+    RowInvariantLinear,
+    install_row_invariant,
+    packing_works,
+    rows_per_call,
+    tree_rows_apart,
+)
 from lsp_server.engine.speculation.draft_tree import DraftTree
 from lsp_server.engine.speculation.verify import tree_attention_mask
 
@@ -210,3 +218,21 @@ def test_the_probe_warns_when_no_call_size_keeps_a_rows_bits(caplog):
     with caplog.at_level("WARNING"):
         assert rows_per_call([layer]) == 16
     assert "near-tied" in caplog.text
+
+
+def test_a_prompt_is_one_call_and_the_tree_after_it_gets_its_decoding_bits():
+    layer = torch.nn.Linear(16, 8)
+    layer.__class__ = _BlockedAbove
+    rows_per_call([layer])
+    prompt, tree = torch.randn(PROMPT_ROWS + 5, 16), torch.randn(10, 16)
+    alone = torch.cat([layer(row[None]) for row in tree])
+    with torch.inference_mode():
+        whole = torch.nn.functional.linear(prompt, layer.weight, layer.bias) + 1e-3  # one call's bits
+        assert torch.equal(layer(prompt), whole)  # a prompt-only pass: one call
+        with tree_rows_apart(len(tree)):
+            both = layer(torch.cat([prompt, tree]))
+        assert torch.equal(both[: len(prompt)], whole) and torch.equal(both[len(prompt) :], alone)
+        short = prompt[:100]  # a short prompt is computed as decoding computes it, with or without a tree
+        with tree_rows_apart(len(tree)):
+            assert torch.equal(layer(torch.cat([short, tree])), torch.cat([layer(short), alone]))
+        assert torch.equal(layer(short), torch.cat([layer(row[None]) for row in short]))

@@ -62,16 +62,15 @@ class CheckedVerifier:
 
     @torch.inference_mode()
     def _compare(self, cache: DynamicCache, pending: list[int], tree: DraftTree, result: Verified) -> None:
-        """Feed the pending tokens, then the accepted path's tokens, one pass each (a prompt's
-        tokens before its last in one chunk: ``tests/test_attention.py`` checks that a chunk
-        gives each token the bits of a pass of its own)."""
+        """Feed the pending tokens in one pass, as plain decoding feeds a prompt, then the
+        accepted path's tokens one pass each (``tests/test_attention.py`` checks that a
+        short chunk gives each token the bits of a pass of its own; a long prompt is one
+        call of its own, ``engine.linear.PROMPT_ROWS``, and so is the plain prefill)."""
         self.checked_passes += 1
-        if len(pending) > 1:
-            chunk = torch.tensor([pending[:-1]], device=self.verify.device)
-            forward_with_cache(self.verify.body, cache, input_ids=chunk)
+        out = forward_with_cache(self.verify.body, cache, input_ids=torch.tensor([pending], device=self.verify.device))
+        states = [out.last_hidden_state[0, -1]]
         fed = [pending[-1], *(tree.tokens[node] for node in result.path)]
-        states = []
-        for token in fed:
+        for token in fed[1:]:
             out = forward_with_cache(self.verify.body, cache,
                                      input_ids=torch.tensor([[token]], device=self.verify.device))
             states.append(out.last_hidden_state[0, -1])

@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from ..greedy import greedy_tokens
 from ..kv_cache import forward_with_cache
+from ..linear import tree_rows_apart
 from .draft_tree import DraftTree
 
 ROW_WORTH = 0.08
@@ -102,7 +103,8 @@ class TreeVerifier:
             positions = tree_position_ids(past, len(pending), tree)
             kwargs["position_ids"] = torch.tensor([positions], device=self.device)
             kwargs["attention_mask"] = tree_attention_mask(past, len(pending), tree, self.dtype).to(self.device)
-        out = forward_with_cache(self.body, cache, input_ids=ids, **kwargs)
+        with tree_rows_apart(len(tree)):  # on a prompt's pass, the tree's rows get their decoding bits
+            out = forward_with_cache(self.body, cache, input_ids=ids, **kwargs)
         states = out.last_hidden_state[0, len(pending) - 1 :]  # row 0: root, row i + 1: node i
         children: dict[int, dict[int, int]] = {}
         for index, parent in enumerate(tree.parents):

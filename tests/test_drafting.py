@@ -320,3 +320,15 @@ def test_an_overconfident_source_gets_smaller_trees_once_its_nodes_are_seen_fail
         sizes[recalibrate] = trees
     assert sizes[False][-1] == sizes[False][0] > 0
     assert sizes[True][-1] < sizes[False][-1]
+
+
+def test_online_cost_keeps_a_step_beyond_the_trees_it_has_seen():
+    from lsp_server.engine.speculation.budget import OnlineCost
+
+    # AMX here: products split into 32-row calls, so 32 nodes (33 rows) cost a second call per layer.
+    calibrated = VerifyCostModel([0, 16, 31, 32, 64], [0.063, 0.085, 0.087, 0.139, 0.207])
+    cost = OnlineCost(calibrated)
+    for nodes in [4, 8, 12, 16, 20, 24, 31] * 3:
+        cost.observe(nodes, 0.07 + 0.0005 * nodes)
+    assert abs(cost(24) - 0.082) < 1e-6  # within what it has seen: the line
+    assert cost(48) > 0.07 + 0.0005 * 31 + 0.05  # beyond: the calibrated step, not the line's 0.094

@@ -18,7 +18,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SIZES = (0, 2, 4, 8, 16, 32, 64)
+SIZES = (0, 2, 4, 8, 15, 16, 24, 31, 32, 48, 64)
+"""Tree sizes measured.  15/16 and 31/32 straddle the steps of a CPU whose products are
+split into calls of at most 16 or 32 rows (``engine.linear.rows_per_call``; with the
+pending token, 32 nodes are 33 rows): on AMX here 31 nodes cost about what 16 do and
+32 nodes 1.6 times that, a step that a curve through 16 and 32 alone would smear over
+the sizes between."""
 
 
 class VerifyCostModel:
@@ -80,7 +85,10 @@ class OnlineCost:
     has a step between 0 and 1 node that a single line would smooth away, making small
     trees look cheap.  So plain passes and tree passes are tracked apart: plain passes by
     a decayed mean, tree passes by decayed least squares ``a + b * n`` once their sizes
-    vary enough, else by the calibrated curve shifted through their mean.
+    vary enough, else by the calibrated curve shifted through their mean.  Past the
+    largest tree observed, the line grows by its own slope or by the calibrated curve's
+    rise, whichever is more: a CPU whose products are split into 32-row calls has a step
+    there that a line through the smaller trees cannot know about.
     """
 
     def __init__(self, calibrated: VerifyCostModel, decay: float = 0.97, min_weight: float = 8.0) -> None:
@@ -89,6 +97,7 @@ class OnlineCost:
         self.min_weight = min_weight
         self._plain = [0.0, 0.0]  # weight, Σt
         self._sums = [0.0] * 5  # tree passes: weight, Σn, Σt, Σn², Σnt
+        self._largest = 0
 
     def observe(self, nodes: int, seconds: float) -> None:
         if nodes == 0:
@@ -97,6 +106,7 @@ class OnlineCost:
             return
         w, sn, st, snn, snt = (value * self.decay for value in self._sums)
         self._sums = [w + 1, sn + nodes, st + seconds, snn + nodes * nodes, snt + nodes * seconds]
+        self._largest = max(self._largest, nodes)
 
     def _tree_cost(self, nodes: int) -> float:
         w, sn, st, snn, snt = self._sums
@@ -108,7 +118,9 @@ class OnlineCost:
             slope = (snt / w - mean_n * mean_t) / variance
             intercept = mean_t - slope * mean_n
             if slope > 0 and intercept > 0:
-                return intercept + slope * nodes
+                within = min(nodes, self._largest)
+                beyond = max(slope * (nodes - within), self.calibrated(nodes) - self.calibrated(within))
+                return intercept + slope * within + beyond
         return self.calibrated(nodes) + mean_t - self.calibrated(round(mean_n))
 
     def __call__(self, nodes: int) -> float:

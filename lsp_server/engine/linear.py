@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 _PACK_ROWS_HINT = 16
 """The row count oneDNN is told to expect when it picks the packed layout (a decoding pass)."""
-
-
 ROW_LIMITS = (32, 16)
 """Call sizes tried, in order, when a layer's product is not row-invariant in one call."""
 _PROBE_ROWS = 48
@@ -114,10 +112,10 @@ class PackedLinear(RowInvariantLinear):
         return torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
 
 
-def _invariant_in_calls_of(layer: RowInvariantLinear, rows: torch.Tensor, limit: int | None) -> bool:
+def _invariant_in_calls_of(layer: RowInvariantLinear, rows: torch.Tensor, alone: torch.Tensor,
+                           limit: int | None) -> bool:
     """Whether ``layer`` with calls of at most ``limit`` rows gives every row of ``rows`` the
-    bits it gets in a call of its own, at two alignments of the calls."""
-    alone = torch.cat([layer._call(row[None]) for row in rows])
+    bits it gets in a call of its own (``alone``), at two alignments of the calls."""
     layer.max_rows = limit
     return all(torch.equal(layer(rows[start:]), alone[start:]) for start in (0, 3))
 
@@ -133,8 +131,9 @@ def rows_per_call(layers: list[RowInvariantLinear]) -> int | None:
         for layer in kinds.values():
             dtype = layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype
             rows = torch.randn(_PROBE_ROWS, layer.in_features, generator=generator).to(dtype)
+            alone = torch.cat([layer._call(row[None]) for row in rows])
             for candidate in (limit, *(size for size in ROW_LIMITS if limit is None or size < limit)):
-                if _invariant_in_calls_of(layer, rows, candidate):
+                if _invariant_in_calls_of(layer, rows, alone, candidate):
                     limit = candidate
                     break
             else:

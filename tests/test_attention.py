@@ -209,7 +209,9 @@ def test_the_probe_finds_the_largest_call_size_that_keeps_a_rows_bits(threshold,
     assert layer.max_rows == expected
     rows = torch.randn(50, 16)
     alone = torch.cat([layer(row[None]) for row in rows])
-    assert torch.equal(layer(rows), alone) == (threshold >= 16)
+    assert torch.equal(layer(rows), alone)  # with the limit found, 50 rows at once get their own bits
+    layer.max_rows = None
+    assert torch.equal(layer(rows), alone) == (expected is None)  # without it, only a kernel that needs none does
 
 
 def test_the_probe_warns_when_no_call_size_keeps_a_rows_bits(caplog):

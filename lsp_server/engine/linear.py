@@ -23,9 +23,10 @@ blocking by the row count too: a row got other bits in a call of more than 32 ro
 in a call of its own, packed or not, so bf16 speculation diverged from plain decoding
 (HumanEval 24: 5 outputs differed from ``generate``'s at one-ulp near-ties).  Calls of
 up to 32 rows all agreed with each other (every size from 1 to 32, any position of the
-row).  So at load time the model's layers are probed (``rows_per_call``; default model:
-0.6 s in bf16, 1.3 s in fp32, mostly the LM head's single rows): where a big call differs
-from calls of one row, products are computed in calls of at most 32 rows.
+row).  So the model's layers are probed (``rows_per_call``; default model: 0.6 s in bf16,
+1.3 s in fp32, mostly the LM head's single rows; once per machine, then read from the
+cache dir: ``kernel_facts``): where a big call differs from calls of one row, products
+are computed in calls of at most 32 rows.
 Prompts are the exception (a 1,024-token prefill took 1.22 instead of 0.86 s in 32-row
 calls): a call of more than ``PROMPT_ROWS`` rows, which no decoding pass makes, is
 computed in one call, except the tree rows that ride on a prompt's pass
@@ -43,6 +44,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
+
+from .kernel_facts import KernelFacts, this_machine
 
 log = logging.getLogger(__name__)
 
@@ -121,26 +124,50 @@ def _invariant_in_calls_of(layer: RowInvariantLinear, rows: torch.Tensor, alone:
     return all(torch.equal(layer(rows[start:]), alone[start:]) for start in (0, 3))
 
 
-def rows_per_call(layers: list[RowInvariantLinear]) -> int | None:
-    """The largest call size (None: any) at which each distinct kind of layer (shape, dtype,
-    kernel) gives a row the same bits as a call of its own, probed on random rows; a
-    warning if no size in ``ROW_LIMITS`` does (then speculation may flip near-ties)."""
-    kinds = {(type(layer), layer.in_features, layer.out_features, layer.bias is not None): layer for layer in layers}
+def _probe(layer: RowInvariantLinear) -> tuple[int | None, bool]:
+    """The largest call size (None: any, then ``ROW_LIMITS``) at which ``layer`` gives random
+    rows the bits they get in calls of their own, and whether one did (else the smallest)."""
+    dtype = layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype
     generator = torch.Generator().manual_seed(0)
-    limit: int | None = None
+    rows = torch.randn(_PROBE_ROWS, layer.in_features, generator=generator).to(dtype)
+    alone = torch.cat([layer._call(row[None]) for row in rows])
+    for candidate in (None, *ROW_LIMITS):
+        if _invariant_in_calls_of(layer, rows, alone, candidate):
+            return candidate, True
+    return ROW_LIMITS[-1], False
+
+
+def _saved_limit(saved: object) -> tuple[int | None, bool] | None:
+    """A probe result as ``KernelFacts`` keeps it, if it is one."""
+    if isinstance(saved, dict) and saved.get("limit") in (None, *ROW_LIMITS) and isinstance(saved.get("exact"), bool):
+        return saved["limit"], saved["exact"]
+    return None
+
+
+def rows_per_call(layers: list[RowInvariantLinear], facts: KernelFacts | None = None) -> int | None:
+    """The largest call size (None: any) at which every distinct kind of layer (kernel, shape,
+    bias, dtype) gives a row the same bits as a call of its own, probed on random rows or
+    read from ``facts`` (saved there once probed); a warning if no size in ``ROW_LIMITS``
+    does (then speculation may flip near-ties).  Sets every layer's ``max_rows`` to it."""
+    kinds = {(type(layer).__name__, layer.in_features, layer.out_features, layer.bias is not None,
+              str(layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype)): layer
+             for layer in layers}
+    limits: list[int] = []
     with torch.inference_mode():
-        for layer in kinds.values():
-            dtype = layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype
-            rows = torch.randn(_PROBE_ROWS, layer.in_features, generator=generator).to(dtype)
-            alone = torch.cat([layer._call(row[None]) for row in rows])
-            for candidate in (limit, *(size for size in ROW_LIMITS if limit is None or size < limit)):
-                if _invariant_in_calls_of(layer, rows, alone, candidate):
-                    limit = candidate
-                    break
-            else:
+        for kind, layer in kinds.items():
+            key = "rows-per-call|" + "|".join(map(str, kind))
+            found = _saved_limit(facts.get(key)) if facts is not None else None
+            if found is None:
+                found = _probe(layer)
+                if facts is not None:
+                    facts.put(key, {"limit": found[0], "exact": found[1]})
+            limit, exact = found
+            if not exact:
                 log.warning("no call size gives %s rows the bits they get alone: speculation may flip "
-                            "near-tied tokens on this CPU", layer.__class__.__name__)
-                limit = ROW_LIMITS[-1]
+                            "near-tied tokens on this CPU", kind[0])
+            if limit is not None:
+                limits.append(limit)
+    limit = min(limits, default=None)
     for layer in layers:
         layer.max_rows = limit
     return limit
@@ -195,7 +222,7 @@ def install_row_invariant(model: torch.nn.Module, pack: bool = True, keep_half: 
 
 def _kernel_name(kernel: str, linears: list[torch.nn.Module]) -> str:
     """``kernel``, with the row limit that ``rows_per_call`` found if one was needed."""
-    limit = rows_per_call(linears)  # type: ignore[arg-type]
+    limit = rows_per_call(linears, this_machine())  # type: ignore[arg-type]
     return kernel if limit is None else f"{kernel} ({limit}-row calls)"
 
 

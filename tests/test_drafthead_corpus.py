@@ -82,3 +82,30 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
     assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard),
                  "--repeat", "generated=2"]) == 2  # no generated pairs to weight: refused before training
     assert main(["drafthead", "train", "--model", str(tiny_model_dir)]) == 2  # no data: a clear refusal
+
+
+def test_build_runs_the_whole_recipe_and_a_second_build_adds_new_generations(tmp_path, tiny_model_dir):
+    root = tmp_path / "py"
+    for name in ("alpha", "beta", "gamma", "delta"):
+        (root / name).mkdir(parents=True)
+        for number in range(3):
+            (root / name / f"mod{number}.py").write_text("".join(
+                f'def {name}_{number}_{i}(value, scale={i}):\n    """Scale value by {i}."""\n'
+                f"    total = value * scale\n    return total + len(str(value))\n\n\n" for i in range(12)))
+    shards, head = tmp_path / "shards", tmp_path / "head.st"
+    build = ["drafthead", "build", "--model", str(tiny_model_dir), "--source", f"python={root}", "--minutes", "0.02",
+             "--shards", str(shards), "--vocab", "64", "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5",
+             "--out", str(head)]
+    assert main([*build, "--report", str(tmp_path / "first.json")]) == 0
+    assert sorted(path.name for path in shards.iterdir()) == ["files.npz", "generated-1.npz"]
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["repeat"] == ["generated=2"] and first["epochs"] == 1 and head.is_file()
+    files_made = (shards / "files.npz").stat().st_mtime_ns
+    assert main([*build, "--report", str(tmp_path / "second.json")]) == 0
+    assert sorted(path.name for path in shards.iterdir()) == ["files.npz", "generated-1.npz", "generated-2.npz"]
+    assert (shards / "files.npz").stat().st_mtime_ns == files_made  # file windows are made once
+    with np.load(shards / "generated-1.npz", allow_pickle=False) as one, \
+            np.load(shards / "generated-2.npz", allow_pickle=False) as two:
+        assert not set(one["sample_path"] + one["sample_name"]) & set(two["sample_path"] + two["sample_name"])
+    second = json.loads((tmp_path / "second.json").read_text())
+    assert second["pairs"] > first["pairs"]  # trained on both builds' shards

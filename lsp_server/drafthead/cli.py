@@ -15,13 +15,21 @@ from . import DRAFT_LEVELS
 def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``drafthead`` subcommand on the main parser's subparsers."""
     parser = subparsers.add_parser("drafthead", help="build data for and train the learned draft head")
-    parser.add_argument("action", choices=("build-data", "train"))
+    parser.add_argument("action", choices=("build", "build-data", "train"),
+                        help="build: the whole recipe on this machine's code in one time budget; "
+                             "build-data / train: its steps by hand")
+    parser.add_argument("--minutes", type=float, default=45.0,
+                        help="build: time budget; making data takes about three quarters of it and training "
+                             "the rest (later builds train on all their shards, so longer)")
+    parser.add_argument("--shards", type=Path, help="build: folder that keeps the shards between builds "
+                                                    "(default: in the cache dir, per model)")
     parser.add_argument("--data", type=Path, action="append", help="train: shard file or folder of shards "
                         "(`drafthead build-data` or `genguard build-data` output)")
     parser.add_argument("--out", type=Path, help="build-data: the shard to write; train: head .safetensors to write "
                                                  "(default: the cache dir, where the engine looks for the model's head)")
     parser.add_argument("--source", action="append", default=[], metavar="LANG=PATH[@DEPTH]",
-                        help="build-data: code to read (repeatable; default: the Python standard library)")
+                        help="build-data: code to read (repeatable; default: the Python standard library; "
+                             "build: the standard library and the installed packages)")
     parser.add_argument("--tokens", type=int, default=400_000, help="build-data: positions to store")
     parser.add_argument("--window", type=int, default=512, help="build-data: tokens per forward pass")
     parser.add_argument("--per-file", type=int, default=2, help="build-data: windows per file")
@@ -31,7 +39,7 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--dtype", default="bfloat16", help="build-data: the model's dtype")
     parser.add_argument("--vocab", type=int, default=16384, help="how many of the most frequent tokens it can propose")
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6; build: 2)")
     parser.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="train: the dtype of the training products, weights stay float32 (auto: bfloat16 "
                              "where the CPU runs it natively)")
@@ -47,7 +55,11 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def run_drafthead(args: argparse.Namespace) -> int:
-    """``build-data`` or ``train``; returns the exit status."""
+    """``build``, ``build-data`` or ``train``; returns the exit status."""
+    if args.action == "build":
+        from .build import build_head
+
+        return build_head(args)
     if args.action == "build-data":
         return _build_data(args)
     if not args.data:
@@ -104,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    epochs = args.epochs or 6
     data = load_shards(args.data)
     loaded = load(args.model, "cpu", "bfloat16")
     key = tokenizer_hash(loaded.tokenizer)
@@ -131,7 +144,7 @@ def _train(args: argparse.Namespace) -> int:
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
         head, batches = train_draft_head(data, train, embed, loaded.model.get_output_embeddings(), args.vocab,
-                                         args.width, args.epochs, args.seed, evaluate=evaluate,
+                                         args.width, epochs, args.seed, evaluate=evaluate,
                                          progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                                          compute_dtype=compute_dtype, copies=copies)
     except ValueError as exc:
@@ -144,7 +157,7 @@ def _train(args: argparse.Namespace) -> int:
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": args.vocab, "epochs": args.epochs, "depth": args.depth, "repeat": sorted(args.repeat),
+                "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])})}

@@ -172,3 +172,18 @@ def test_humaneval_estimate_replays_every_rule_on_one_run(tmp_path, tiny_model_d
     assert set(rules) == {"none", "baseline", "syntax", "genguard", "genguard+syntax"}
     assert all(r["tokens"] <= rules["none"]["tokens"] for r in rules.values())
     assert rules["none"]["tokens"] > 0
+
+
+def test_time_a_source_leaves_unused_goes_to_the_next(tmp_path, tiny_model_dir, monkeypatch):
+    import lsp_server.genguard.data as data
+
+    for name in ("small", "large"):
+        (tmp_path / name / "pkg").mkdir(parents=True)
+        (tmp_path / name / "pkg" / "mod.py").write_text(PY)
+    budgets = []
+    monkeypatch.setattr(data, "build", lambda _builder, _sites, _kinds, _writer, budget, _progress: budgets.append(budget))
+    assert main(["genguard", "build-data", "--model", str(tiny_model_dir), "--source", f"python={tmp_path / 'small'}",
+                 "--source", f"python={tmp_path / 'large'}", "--kinds", "generated", "--time-budget", "100",
+                 "--out", str(tmp_path / "shard.npz")]) == 1  # nothing built (the stub builds nothing)
+    assert budgets[0] == pytest.approx(50, abs=1)
+    assert budgets[1] == pytest.approx(100, abs=2)  # the first source used (almost) none of its half

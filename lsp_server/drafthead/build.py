@@ -73,7 +73,7 @@ def build_head(args: argparse.Namespace) -> int:
     source_options = [option for spec in sources for option in ("--source", spec)]
     earlier = sorted(work.glob("generated-*.npz"))
     started = time.perf_counter()
-    sites = int(budget * GENERATION_SHARE * GENERATED_SITES_PER_SECOND / len(sources)) + 16
+    sites = int(budget * GENERATION_SHARE * GENERATED_SITES_PER_SECOND) + 16  # per source: one may get most of the time
     steps = [["genguard", "build-data", *common, *source_options, "--kinds", "generated", "--standalone",
               "--sites", str(sites), "--per-repo", "60", "--per-file", "2", "--new-tokens", str(GENERATED_TOKENS),
               "--batch", "16", "--seed", str(args.seed + len(earlier)), "--time-budget", f"{budget * GENERATION_SHARE:.1f}",

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +122,16 @@ def _build_data(args: argparse.Namespace) -> int:
         "batch": args.batch, "skip_seen": [str(path) for path in args.skip_seen],
     })
     excluded_total = 0
-    for source in sources:
+    started = time.perf_counter()
+    for number, source in enumerate(sources):
         sites, excluded = collect_sites(source, args.sites, args.seed, args.per_file, exclude=exclude,
                                       per_repo=args.per_repo, skip=seen)
         excluded_total += excluded
         print(f"{source.language}: {len(sites)} functions from {source.root} ({excluded} HumanEval look-alikes left out)",
               file=sys.stderr)
-        budget = None if args.time_budget is None else args.time_budget / len(sources)
+        # Each source gets an equal share of the time left: what one that runs out of functions leaves, the next uses.
+        budget = None if args.time_budget is None else \
+            (args.time_budget - (time.perf_counter() - started)) / (len(sources) - number)
         build(builder, sites, kinds, writer, budget, lambda msg: print(f"  {source.language}: {msg}", file=sys.stderr))
     writer.meta["humaneval_excluded"] = excluded_total
     if not writer.samples:

@@ -9,7 +9,7 @@ import torch
 
 from lsp_server.engine import kernel_facts
 from lsp_server.engine.kernel_facts import KernelFacts, machine_identity
-from lsp_server.engine.linear import RowInvariantLinear, install_row_invariant, rows_per_call
+from lsp_server.engine.linear import _PACK_ROWS_HINT, RowInvariantLinear, install_row_invariant, rows_per_call
 
 
 class _CountingBlocked(RowInvariantLinear):
@@ -77,4 +77,5 @@ def test_loading_kernels_saves_their_facts_in_the_cache_dir():
     install_row_invariant(torch.nn.Sequential(layer))
     facts = kernel_facts.this_machine()  # in the tests' own cache dir (conftest)
     assert facts.path.is_file()
-    assert facts.get(f"rows-per-call|{type(layer).__name__}|16|8|True|torch.bfloat16")["exact"] in (True, False)
+    key = f"rows-per-call|packed for {_PACK_ROWS_HINT} rows|{type(layer).__name__}|16|8|True|torch.bfloat16"
+    assert facts.get(key)["exact"] in (True, False)

@@ -155,7 +155,7 @@ def rows_per_call(layers: list[RowInvariantLinear], facts: KernelFacts | None = 
     limits: list[int] = []
     with torch.inference_mode():
         for kind, layer in kinds.items():
-            key = "rows-per-call|" + "|".join(map(str, kind))
+            key = f"rows-per-call|packed for {_PACK_ROWS_HINT} rows|" + "|".join(map(str, kind))
             found = _saved_limit(facts.get(key)) if facts is not None else None
             if found is None:
                 found = _probe(layer)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..paths import write_atomically
 from .cache import datastore_dir, short_hash
 from .repository import FileStamp, RepositoryIndex
 
@@ -40,15 +39,7 @@ def repository_cache_path(root: Path, tokenizer_key: str) -> Path:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, lambda handle: np.savez(handle, **arrays))
 
 
 def save_repository(path: Path, root: Path, tokenizer_key: str, repository: RepositoryIndex) -> int:

@@ -18,13 +18,12 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..paths import cache_root
+from ..paths import cache_root, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +78,9 @@ class KernelFacts:
 
     def put(self, key: str, value: Any) -> None:
         self._facts[key] = value
+        document = {"format": FORMAT, "identity": self.identity, "facts": self._facts}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".json")
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    json.dump({"format": FORMAT, "identity": self.identity, "facts": self._facts}, handle, indent=1)
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            write_atomically(self.path, lambda handle: handle.write(json.dumps(document, indent=1).encode()))
         except OSError as exc:  # a read-only cache dir: probe again next time
             log.warning("cannot save kernel facts to %s: %s", self.path, exc)
 

@@ -29,7 +29,8 @@ cache dir: ``kernel_facts``): where a big call differs from calls of one row, pr
 are computed in calls of at most 32 rows.
 Prompts are the exception (a 1,024-token prefill took 1.22 instead of 0.86 s in 32-row
 calls): a call of more than ``PROMPT_ROWS`` rows, which no decoding pass makes, is
-computed in one call, except the tree rows that ride on a prompt's pass
+computed in one call, or in calls of ``prompt_rows`` where that was timed faster on this
+machine (``prompt_calls``), except the tree rows that ride on a prompt's pass
 (``tree_rows_apart``), which get their decoding bits.  Plain decoding and speculation
 then compute a prompt alike and every decoding token alike; only a prompt encoded in
 small pieces (new tokens after a reused KV cache) differs from a whole one in low bits.
@@ -84,6 +85,8 @@ class RowInvariantLinear(torch.nn.Linear):
     nor more than ``max_rows`` rows in one call."""
 
     max_rows: int | None = None
+    prompt_rows: int | None = None
+    """A prompt's rows go in calls of this many (None: one call); see ``prompt_calls``."""
 
     def _product(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(rows, self.weight, self.bias)
@@ -96,15 +99,20 @@ class RowInvariantLinear(torch.nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.reshape(-1, input.shape[-1])
         limit, count = self.max_rows, rows.shape[0]
-        if limit is None or count <= limit:
+        prompt = count - _TREE_ROWS.get()
+        prompt = prompt if prompt > PROMPT_ROWS else 0  # the rows that a prompt-only pass has too
+        if (limit is None or count <= limit) and (not prompt or self.prompt_rows is None):
             out = self._call(rows)
         else:
-            prompt = count - _TREE_ROWS.get()
-            prompt = prompt if prompt > PROMPT_ROWS else 0  # the rows that a prompt-only pass has too
-            parts = [self._call(rows[:prompt])] if prompt else []
-            parts += [self._call(rows[start : start + limit]) for start in range(prompt, count, limit)]
+            parts = self.prompt_calls(rows[:prompt]) if prompt else []
+            parts += [self._call(rows[start : start + (limit or count)]) for start in range(prompt, count, limit or count)]
             out = torch.cat(parts) if len(parts) > 1 else parts[0]
         return out.reshape(*input.shape[:-1], self.out_features)
+
+    def prompt_calls(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """A prompt's product, in calls of ``prompt_rows`` rows (None: one call)."""
+        size = self.prompt_rows or len(rows)
+        return [self._call(rows[start : start + size]) for start in range(0, len(rows), size)]
 
 
 class PackedLinear(RowInvariantLinear):
@@ -124,10 +132,20 @@ def _invariant_in_calls_of(layer: RowInvariantLinear, rows: torch.Tensor, alone:
     return all(torch.equal(layer(rows[start:]), alone[start:]) for start in (0, 3))
 
 
+def weight_dtype(layer: RowInvariantLinear) -> torch.dtype:
+    return layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype
+
+
+def layer_kind(layer: RowInvariantLinear) -> str:
+    """What a layer's kernel behaviour depends on: its class, shape, bias and dtype."""
+    return "|".join(map(str, (type(layer).__name__, layer.in_features, layer.out_features, layer.bias is not None,
+                              weight_dtype(layer))))
+
+
 def _probe(layer: RowInvariantLinear) -> tuple[int | None, bool]:
     """The largest call size (None: any, then ``ROW_LIMITS``) at which ``layer`` gives random
     rows the bits they get in calls of their own, and whether one did (else the smallest)."""
-    dtype = layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype
+    dtype = weight_dtype(layer)
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(_PROBE_ROWS, layer.in_features, generator=generator).to(dtype)
     alone = torch.cat([layer._call(row[None]) for row in rows])
@@ -149,13 +167,11 @@ def rows_per_call(layers: list[RowInvariantLinear], facts: KernelFacts | None = 
     bias, dtype) gives a row the same bits as a call of its own, probed on random rows or
     read from ``facts`` (saved there once probed); a warning if no size in ``ROW_LIMITS``
     does (then speculation may flip near-ties).  Sets every layer's ``max_rows`` to it."""
-    kinds = {(type(layer).__name__, layer.in_features, layer.out_features, layer.bias is not None,
-              str(layer.packed.dtype if isinstance(layer, PackedLinear) else layer.weight.dtype)): layer
-             for layer in layers}
+    kinds = {layer_kind(layer): layer for layer in layers}
     limits: list[int] = []
     with torch.inference_mode():
         for kind, layer in kinds.items():
-            key = f"rows-per-call|packed for {_PACK_ROWS_HINT} rows|" + "|".join(map(str, kind))
+            key = f"rows-per-call|packed for {_PACK_ROWS_HINT} rows|{kind}"
             found = _saved_limit(facts.get(key)) if facts is not None else None
             if found is None:
                 found = _probe(layer)
@@ -164,7 +180,7 @@ def rows_per_call(layers: list[RowInvariantLinear], facts: KernelFacts | None = 
             limit, exact = found
             if not exact:
                 log.warning("no call size gives %s rows the bits they get alone: speculation may flip "
-                            "near-tied tokens on this CPU", kind[0])
+                            "near-tied tokens on this CPU", kind.split("|")[0])
             if limit is not None:
                 limits.append(limit)
     limit = min(limits, default=None)

@@ -19,8 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..paths import cache_root
-from . import attention, default_model, linear
+from . import attention, default_model, linear, prompt_calls
 from .device import resolve_device, resolve_dtype
+from .kernel_facts import this_machine
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,17 @@ def load(
     keep_half = draft_copy and torch_dtype == torch.float32
     if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
         kernels += f", {linear.install_row_invariant(model, keep_half=keep_half)} linear"
+        kernels += _split_prompts(model)
     half_copy = keep_half or "packed" not in kernels
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s/%s (%s) in %.1fs", name, torch_device, torch_dtype, kernels, seconds)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, seconds, kernels, half_copy)
+
+
+def _split_prompts(model: PreTrainedModel) -> str:
+    """Time the body's layers on prompt-sized inputs once per machine (``prompt_calls``; the
+    LM head takes a prompt's last row only) and say which kinds run prompts in pieces."""
+    body = [module for module in model.base_model.modules() if isinstance(module, linear.RowInvariantLinear)]
+    split = prompt_calls.split_prompts(body, this_machine())
+    return "".join(f", prompts in {size}-row calls for {kind.split('|')[1]}x{kind.split('|')[2]}"
+                   for kind, size in split.items())

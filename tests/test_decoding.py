@@ -75,11 +75,14 @@ def test_kv_reuse_encodes_only_new_tokens_and_cache_matches_sequential(tiny_load
 
 
 def test_kv_reuse_in_bf16_gives_the_bits_of_a_fresh_prompt(tiny_loaded_bf16):
-    """On a CPU a prompt is computed as if decoded token by token (``engine.attention``), so a
-    cache extended by new prompt tokens holds exactly what encoding the whole prompt gives,
-    and the completion cannot differ from a fresh request's, in bf16 too.  (The tiny model
+    """On a CPU whose projections keep a row's bits in any call size (the tiny model's here),
+    a prompt is computed as if decoded token by token (``engine.attention``), so a cache
+    extended by new prompt tokens holds exactly what encoding the whole prompt gives, and
+    the completion cannot differ from a fresh request's, in bf16 too.  (The tiny model
     happens to pass this with stock kernels as well; on the default model they differed in
-    858 of 1,850 positions between a whole and a chunked prompt, and this kernel in none.)"""
+    858 of 1,850 positions between a whole and a chunked prompt, and this kernel in none.
+    Where the projections need a row limit, as on AMX, a long prompt takes one call there and
+    in attention, for speed, and reuse differs from a fresh prompt in low bits.)"""
     lines = "".join(f"total_{n} = combine(total_{n - 1}, {n})\n" for n in range(16))
     decoder, fresh = _decoder(tiny_loaded_bf16), _decoder(tiny_loaded_bf16, reuse_kv=False)
     decoder.generate(_prompt(tiny_loaded_bf16, lines), 8)

@@ -33,7 +33,8 @@ computed in one call, or in calls of ``prompt_rows`` where that was timed faster
 machine (``prompt_calls``), except the tree rows that ride on a prompt's pass
 (``tree_rows_apart``), which get their decoding bits.  Plain decoding and speculation
 then compute a prompt alike and every decoding token alike; only a prompt encoded in
-small pieces (new tokens after a reused KV cache) differs from a whole one in low bits.
+small pieces (new tokens after a reused KV cache) differs from a whole one in low bits
+(and so attention computes such a prompt by its faster stock kernel too: ``attention``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ PROMPT_ROWS = 128
 """Calls of more rows than this are prompts (a decoding pass has at most 64 tree nodes and
 a few pending tokens): one call for speed, whatever ``max_rows`` says."""
 _TREE_ROWS: ContextVar[int] = ContextVar("tree_rows", default=0)
+
+
+def tree_rows() -> int:
+    """How many last rows of the current pass are tree nodes (``tree_rows_apart``; 0 outside it)."""
+    return _TREE_ROWS.get()
 
 
 @contextmanager
@@ -99,7 +105,7 @@ class RowInvariantLinear(torch.nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.reshape(-1, input.shape[-1])
         limit, count = self.max_rows, rows.shape[0]
-        prompt = count - _TREE_ROWS.get()
+        prompt = count - tree_rows()
         prompt = prompt if prompt > PROMPT_ROWS else 0  # the rows that a prompt-only pass has too
         if (limit is None or count <= limit) and (not prompt or self.prompt_rows is None):
             out = self._call(rows)

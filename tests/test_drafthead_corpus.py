@@ -10,6 +10,7 @@ import torch
 
 from lsp_server.cli import main
 from lsp_server.drafthead.corpus import iter_windows, window_sample
+from lsp_server.drafthead.head import read_head_info
 from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.kv_cache import new_cache
 from lsp_server.genguard.data import IGNORE, Source
@@ -79,6 +80,13 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
     assert once and twice and int(twice[1]) == 2 * int(once[1]) > 0  # the weighting reaches the training loop
     trained = json.loads(report.read_text())
     assert set(trained["heldout"]) == {"file"} and trained["pairs"] > 0 and trained["repeat"] == ["file=2"]
+    assert trained["repos"] and set(trained["repos"]) < {"alpha", "beta", "gamma", "delta"}  # some held out
+    left_out = trained["repos"][0]
+    assert main([*train, "--exclude-repo", f"{left_out.upper()}-1.0", "--report", str(report)]) == 0
+    without = json.loads(report.read_text())
+    assert without["excluded_repos"] == [left_out] and left_out not in without["repos"]
+    assert 0 < without["pairs"] < trained["pairs"]
+    assert read_head_info(tmp_path / "head.st").training["repos"] == without["repos"]
     assert main(["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard),
                  "--repeat", "generated=2"]) == 2  # no generated pairs to weight: refused before training
     assert main(["drafthead", "train", "--model", str(tiny_model_dir)]) == 2  # no data: a clear refusal
@@ -109,3 +117,6 @@ def test_build_runs_the_whole_recipe_and_a_second_build_adds_new_generations(tmp
         assert not set(one["sample_path"] + one["sample_name"]) & set(two["sample_path"] + two["sample_name"])
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["pairs"] > first["pairs"]  # trained on both builds' shards
+    assert main([*build, "--exclude-repo", "gamma", "--minutes", "0.01", "--report", str(tmp_path / "third.json")]) == 0
+    third = json.loads((tmp_path / "third.json").read_text())
+    assert third["excluded_repos"] == ["gamma"] and "gamma" not in third["repos"]

@@ -3,7 +3,8 @@
 Honest by construction: one run starts from empty caches (nothing persisted is read);
 within a run a task only benefits from what earlier tasks of the same run produced, as
 in an editor session; methods are interleaved per task so that machine noise hits them
-alike; the same prompt, model, dtype and stop rule serve every method.
+alike; the same prompt, model, dtype and stop rule serve every method; neither the
+general datastore nor the draft head may have seen the benchmarked repository.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from typing import Any
 import torch
 
 from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
-from ..engine.loader import load
+from ..drafthead.head import head_path_for, read_head_info
+from ..drafthead.provenance import trained_on_workspace
+from ..engine.loader import load, resolve_source
 from ..engine.prompt import PromptBuilder
 from ..engine.stopping import StopRules, baseline_rules
 from ..genguard import LoadedGuard, load_guard
+from ..genguard.head import HeadError
 from ..stop_rule import StopRule
 from ..syntax import SyntaxStop
 from . import humaneval
@@ -29,6 +33,29 @@ from .exactness import CheckedVerifier, install_check
 from .methods import ABLATIONS, CeilingMethod, GenerateMethod, MethodRun, SwiftMethod, swift_ablation, uses_model_draft
 from .quality import edit_similarity, first_line_exact
 from .tasks import Task, humaneval_tasks, workspace_tasks
+
+
+def refuse_head_trained_on(workspace: Path, model_name: str, names: list[str], heads: Path | None = None) -> None:
+    """Stop the run (``SystemExit``) if a method would draft with a head trained on the
+    workspace (``drafthead.provenance``); warn if the head does not say what it was trained on."""
+    if not any(ABLATIONS.get(ablation, {}).get("use_head", True)
+               for ablation in map(swift_ablation, names) if ablation is not None):
+        return
+    path = head_path_for(model_name, heads)
+    if not path.is_file():
+        return
+    try:
+        training = read_head_info(path).training
+    except HeadError:
+        return  # the engine reports the head as unusable and drafts without it
+    overlap = trained_on_workspace(training, workspace)
+    if overlap is None:
+        print(f"warning: the draft head {path} does not list the repositories it was trained on, so this run "
+              f"cannot check that it never saw {workspace.name} (heads trained since December 2026 do)", file=sys.stderr)
+    elif overlap:
+        raise SystemExit(f"the draft head {path} was trained on {', '.join(sorted(overlap))}, the benchmarked "
+                         f"repository: it would draft from memory.  Retrain it without that "
+                         f"(swiftguard drafthead build or train --exclude-repo NAME), or bench swift-nohead")
 
 
 def _stop_rule(mode: str, task: Task, guard: LoadedGuard | None) -> StopRule | None:
@@ -176,6 +203,9 @@ def run(args: Any) -> dict[str, Any]:
         tasks = workspace_tasks(Path(args.workspace), args.tasks, args.seed)
     if not tasks:
         raise SystemExit("no tasks found")
+    if not args.humaneval:
+        _, model_name = resolve_source(args.model, lambda _msg: None)
+        refuse_head_trained_on(Path(args.workspace).resolve(), model_name, names)
     loaded = load(args.model, args.device, args.dtype, draft_copy=any(map(uses_model_draft, names)))
     builder = PromptBuilder(loaded.tokenizer)
     if args.suffix_share is not None:

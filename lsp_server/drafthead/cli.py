@@ -48,6 +48,9 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--depth", type=int, default=DRAFT_LEVELS,
                         help="steps the head is unrolled in training (tokens ahead, as many as the engine drafts)")
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of repositories held out")
+    parser.add_argument("--exclude-repo", action="append", default=[], metavar="NAME",
+                        help="train, build: leave this repository's samples out (repeatable; any version or "
+                             "case), e.g. one you will benchmark: `bench --workspace` refuses a head trained on it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="write the report as JSON here")
@@ -112,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
     from .head import DraftHeadInfo, head_path_for, save_draft_head
+    from .provenance import repository_name, repository_names
     from .train import accuracy, bigram_accuracy, heldout_parts, model_picks, pair_copies, pairs, train_draft_head
 
     torch.set_num_threads(args.threads)
@@ -126,6 +130,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: the shards were built with {sorted(shard_models)}, not the loaded {loaded.name}", file=sys.stderr)
         return 2
     masks = split(data, set(), args.holdout_fraction, 0.0)
+    repos = np.array([repository_name(str(repo)) for repo in data.repo])
+    excluded = np.isin(repos, sorted(repository_names(args.exclude_repo)))
+    if args.exclude_repo:
+        print(f"--exclude-repo: {int(excluded.sum())} samples left out", file=sys.stderr)
+    masks = {name: mask & ~excluded for name, mask in masks.items()}
     labels = model_picks(data, loaded.model.get_output_embeddings())
     print(f"labels: the model's own pick differs from the stored next token at "
           f"{float((labels != data.token_ids).mean()):.1%} of positions", file=sys.stderr)
@@ -160,7 +169,9 @@ def _train(args: argparse.Namespace) -> int:
                 "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
-                "sources": sorted({s for m in data.meta for s in m.get("sources", [])})}
+                "sources": sorted({s for m in data.meta for s in m.get("sources", [])}),
+                "repos": sorted(set(repos[masks["train"]].tolist())),
+                "excluded_repos": sorted(repository_names(args.exclude_repo))}
     out = args.out or head_path_for(loaded.name)
     save_draft_head(out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, training))
     return emit_report({"head": str(out), **training, "seconds": round(time.perf_counter() - started, 1)},

@@ -101,6 +101,15 @@ def save_draft_head(path: Path, head: DraftHead, info: DraftHeadInfo) -> None:
     save_file(tensors, str(path), metadata=info.to_metadata())
 
 
+def read_head_info(path: Path) -> DraftHeadInfo:
+    """A head's metadata, without its weights."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return DraftHeadInfo.from_metadata(handle.metadata(), path)
+    except (OSError, SafetensorError) as exc:
+        raise HeadError(f"cannot read draft head {path}: {exc}") from exc
+
+
 def load_draft_head(path: Path, hidden_size: int, tokenizer_key: str) -> tuple[DraftHead, DraftHeadInfo]:
     """Load a head for a model with ``hidden_size`` and tokenizer; refuse one trained for another model."""
     try:

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..genguard.head import HeadError, model_key, tokenizer_hash
+from ..genguard.head import HeadError, header_metadata, model_key, tokenizer_hash
 from ..paths import cache_root
 
 FORMAT = "swiftguard-draft-head-1"
@@ -103,11 +103,7 @@ def save_draft_head(path: Path, head: DraftHead, info: DraftHeadInfo) -> None:
 
 def read_head_info(path: Path) -> DraftHeadInfo:
     """A head's metadata, without its weights."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return DraftHeadInfo.from_metadata(handle.metadata(), path)
-    except (OSError, SafetensorError) as exc:
-        raise HeadError(f"cannot read draft head {path}: {exc}") from exc
+    return DraftHeadInfo.from_metadata(header_metadata(path, "draft head"), path)
 
 
 def load_draft_head(path: Path, hidden_size: int, tokenizer_key: str) -> tuple[DraftHead, DraftHeadInfo]:

@@ -108,13 +108,18 @@ def save_head(path: Path, head: GuardHead, info: HeadInfo) -> None:
     save_file(tensors, str(path), metadata={**info.to_metadata(), "width": str(head.width)})
 
 
-def read_info(path: Path) -> HeadInfo:
-    """The metadata alone (cheap: the lookup reads every shipped head's header)."""
+def header_metadata(path: Path, what: str) -> dict[str, str] | None:
+    """A safetensors file's string metadata, read from its header alone; ``what`` names the file in errors."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return HeadInfo.from_metadata(handle.metadata(), path)
+            return handle.metadata()
     except (OSError, SafetensorError) as exc:
-        raise HeadError(f"cannot read GenGuard head {path}: {exc}") from exc
+        raise HeadError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def read_info(path: Path) -> HeadInfo:
+    """The metadata alone (cheap: the lookup reads every shipped head's header)."""
+    return HeadInfo.from_metadata(header_metadata(path, "GenGuard head"), path)
 
 
 

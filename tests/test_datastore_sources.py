@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lsp_server.datastore import Candidate, ContextSource, Datastore, IndexSource
-from lsp_server.datastore.index import TokenIndex, Unit, as_tokens
+from lsp_server.datastore.index import MAX_SPAN, TokenIndex, Unit, as_tokens
+from lsp_server.datastore.sources import CONTEXT_SPAN
 from lsp_server.datastore.repository import FileContent, RepositoryIndex
 
 
@@ -21,6 +22,15 @@ def test_context_source_finds_the_longest_earlier_occurrence_not_itself():
     assert found == [Candidate((4, 9, 9), 1.0, "document", 3)]
     assert ContextSource().retrieve([5, 6, 7, 8]) == []  # only the trivial self-match exists
     assert ContextSource().retrieve([4]) == []
+
+
+def test_prompt_lookup_drafts_past_the_index_span_and_the_index_does_not():
+    passage = list(range(100, 140))  # 40 tokens seen before, then their start again
+    context = [*passage, 7, *passage[:3]]
+    (found,) = ContextSource().retrieve(context, span=64)
+    assert found.tokens == tuple(passage[3 : 3 + CONTEXT_SPAN]) and len(found.tokens) == CONTEXT_SPAN > MAX_SPAN
+    (indexed,) = IndexSource("repository", index_of(passage)).retrieve(passage[:3], span=64)
+    assert indexed.tokens == tuple(passage[3 : 3 + MAX_SPAN])
 
 
 def test_context_source_counts_searches_extra_tokens_and_weighs():

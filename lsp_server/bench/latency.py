@@ -3,7 +3,8 @@
 Measures model load (cold: a fresh process importing torch and reading the weights;
 warm: loading again in a process that already has torch and the files in the page
 cache), completion latency and tokens/s, a typed-ahead hit, and time to first token at
-about 2k tokens of context with and without KV prefix reuse.  Every figure is the median
+the context budget (``--context-tokens``) with and without KV prefix reuse, on the engine
+the server runs (speculating, unless ``--no-speculation``).  Every figure is the median
 of ``--repeat`` runs made in the same process.
 """
 
@@ -43,16 +44,16 @@ def _cold_load_seconds(model: str | None, device: str, dtype: str) -> float:
 
 
 def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens: int, context_tokens: int,
-        suffix_share: float | None) -> dict[str, Any]:
-    from ..engine import LocalEngine, load
+        suffix_share: float | None, speculation: bool = True) -> dict[str, Any]:
+    from ..engine import build_engine, load
 
     cold = [_cold_load_seconds(model, device, dtype) for _ in range(repeat)]
     warm = []
     for _ in range(repeat):
         started = time.perf_counter()
-        loaded = load(model, device, dtype)
+        load(model, device, dtype)
         warm.append(time.perf_counter() - started)
-    engine = LocalEngine(loaded)
+    engine = build_engine(model, device, dtype, speculation=speculation)
     if suffix_share is not None:
         engine.prompts.suffix_share = suffix_share
     context = _context_file(12_000)
@@ -108,6 +109,6 @@ def run(model: str | None, device: str, dtype: str, repeat: int, max_new_tokens:
 
 def main(args: Any) -> int:
     result = run(args.model, args.device, args.dtype, args.repeat, args.max_new_tokens, args.context_tokens,
-                 args.suffix_share)
+                 args.suffix_share, not args.no_speculation)
     print(json.dumps(result, indent=2))
     return 0

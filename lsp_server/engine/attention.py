@@ -308,8 +308,9 @@ def decoding_attention(
     if (causal or (attention_mask is not None and attention_mask.shape[:2] == (1, 1))) and batch == 1 \
             and heads % kv_heads == 0 and not dropout and not kwargs.get("softcap") \
             and not kwargs.get("sliding_window"):
+        fresh_prompt = length == tokens > PROMPT_ROWS  # checked first: decoding passes skip the module walk
         plan = _plan_for(attention_mask, tokens, length, heads // kv_heads, query.dtype, query.device,
-                         _prompts_take_one_call(module))
+                         fresh_prompt and _prompts_take_one_call(module))
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

@@ -105,7 +105,7 @@ class RowInvariantLinear(torch.nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.reshape(-1, input.shape[-1])
         limit, count = self.max_rows, rows.shape[0]
-        prompt = count - tree_rows()
+        prompt = count - tree_rows() if count > PROMPT_ROWS else 0
         prompt = prompt if prompt > PROMPT_ROWS else 0  # the rows that a prompt-only pass has too
         if (limit is None or count <= limit) and (not prompt or self.prompt_rows is None):
             out = self._call(rows)

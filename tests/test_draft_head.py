@@ -20,13 +20,15 @@ from lsp_server.drafthead.head import (
 from lsp_server.drafthead.train import (
     accuracy,
     bigram_accuracy,
-    epoch_rows,
+    epoch_windows,
     greedy_labels,
     heldout_parts,
     model_picks,
     pair_copies,
     pairs,
     train_draft_head,
+    unrolled_mask,
+    windows,
 )
 from lsp_server.engine.completer import build_drafter
 from lsp_server.engine.decoding import Decoder
@@ -37,14 +39,14 @@ from lsp_server.genguard.head import HeadError, model_key, tokenizer_hash
 from lsp_server.genguard.train import Dataset
 
 
-def _random_head(hidden: int, vocab: list[int], seed: int = 0) -> DraftHead:
+def _random_head(hidden: int, vocab: list[int], seed: int = 0, context: int = 8) -> DraftHead:
     torch.manual_seed(seed)
-    return DraftHead(hidden, 32, torch.tensor(vocab)).eval()
+    return DraftHead(hidden, 32, torch.tensor(vocab), context).eval()
 
 
 def _info(loaded, width: int = 32) -> DraftHeadInfo:
     return DraftHeadInfo(loaded.name, int(loaded.model.config.hidden_size), tokenizer_hash(loaded.tokenizer), width,
-                         {"pairs": 1})
+                         8, {"pairs": 1})
 
 
 def test_round_trip_and_refusals(tmp_path, tiny_loaded):
@@ -55,7 +57,7 @@ def test_round_trip_and_refusals(tmp_path, tiny_loaded):
     key = tokenizer_hash(tiny_loaded.tokenizer)
     loaded_head, info = load_draft_head(path, hidden, key)
     assert info.training == {"pairs": 1} and loaded_head.vocab.tolist() == [5, 7, 9]
-    assert torch.equal(loaded_head.inner.weight, head.inner.weight.to(torch.bfloat16).float())
+    assert torch.equal(loaded_head.qkv.weight, head.qkv.weight.to(torch.bfloat16).float()) and loaded_head.context == 8
     with pytest.raises(HeadError, match="hidden size"):
         load_draft_head(path, hidden + 1, key)
     with pytest.raises(HeadError, match="tokenizer"):
@@ -155,13 +157,13 @@ def test_stored_picks_are_used_and_missing_ones_computed():
     assert np.array_equal(model_picks(data, lm_head), computed)
 
 
-def test_repeat_weights_a_kind_of_pair_and_drops_tokens_outside_the_vocabulary():
+def test_repeat_weights_a_kind_of_window_and_drops_windows_with_nothing_to_guess():
     kinds = np.array(["file", "generated", "file", "generated", "teacher"])
     copies = pair_copies(kinds, ["generated=3"])
     assert copies.tolist() == [1, 3, 1, 3, 1] and pair_copies(kinds, []) is None
-    targets = torch.tensor([[0], [5], [-1], [2], [7]])  # pair 2's next token is outside the head's vocabulary
-    assert epoch_rows(targets).tolist() == [0, 1, 3, 4]
-    assert epoch_rows(targets, copies).tolist() == [0, 1, 1, 1, 3, 3, 3, 4]
+    usable = np.array([True, True, False, True, True])  # window 2's next tokens are all outside the vocabulary
+    assert epoch_windows(usable).tolist() == [0, 1, 3, 4]
+    assert epoch_windows(usable, copies).tolist() == [0, 1, 1, 1, 3, 3, 3, 4]
     for bad in (["generated"], ["generated=0"], ["generated=x"], ["genrated=2"]):
         with pytest.raises(ValueError):
             pair_copies(kinds, bad)
@@ -183,14 +185,14 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
 
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        head, batches = train_draft_head(data, train, embed, lm_head, vocab_size=4, width=32, epochs=8, batch=64,
-                                         lr=1e-2, compute_dtype=compute_dtype)
+        head, batches = train_draft_head(data, train, data.token_ids.astype(np.int64), embed, lm_head, vocab_size=4,
+                                         width=32, epochs=8, batch=64, lr=1e-2, compute_dtype=compute_dtype, context=8)
     finally:
         hook.remove()
     assert produced == {compute_dtype}
     assert {p.dtype for p in head.parameters()} == {torch.float32}
     assert {3, 4} <= set(head.vocab.tolist())  # the next tokens seen in training
-    [(top1, _)] = accuracy(head, batches, test)
+    [(top1, _)] = accuracy(head, batches, data, test, 8)
     bigram_top1, _ = bigram_accuracy(data, train, test)
     assert top1 > 0.9 and bigram_top1 < 0.7
 
@@ -222,9 +224,18 @@ class _Successors:
         self.next_of = dict(itertools.pairwise(output))
         self.asked: list[int] = []
 
-    def tree(self, hidden, token):
-        self.asked.append(token)
-        return [HeadNode((self.next_of.get(token, 0),), 0.9, 0.9), HeadNode((1,), 0.05, 0.05)]
+    def reset(self) -> None:
+        self.last: int | None = None
+
+    def extend(self, states, tokens) -> None:
+        assert len(states) == len(tokens)
+        self.last = tokens[-1]
+
+    def tree(self):
+        if self.last is None:
+            return []
+        self.asked.append(self.last)
+        return [HeadNode((self.next_of.get(self.last, 0),), 0.9, 0.9), HeadNode((1,), 0.05, 0.05)]
 
 
 def test_head_guesses_follow_the_pending_token_and_are_accepted(tiny_loaded):
@@ -245,7 +256,8 @@ def test_head_tree_levels_expand_the_likeliest_guesses(tiny_loaded):
     vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 3))
     proposer = HeadProposer(_random_head(hidden, vocab), tiny_loaded.model.get_input_embeddings(),
                             tiny_loaded.model.get_output_embeddings())
-    nodes = proposer.tree(torch.randn(hidden), 11)
+    proposer.extend(torch.randn(3, hidden), [5, 8, 11])
+    nodes = proposer.tree()
     # The default tree: 4 first guesses, then 2 children for each of the 2 likeliest nodes,
     # three levels deep, as many as training unrolls the head by default (DRAFT_LEVELS).
     assert [len(node.path) for node in nodes] == [1] * 4 + [2] * 4 + [3] * 4
@@ -276,6 +288,58 @@ def test_guesses_below_the_first_level_come_from_the_most_frequent_tokens(tiny_l
                             tiny_loaded.model.get_output_embeddings())
     for seed in range(5):
         torch.manual_seed(seed)
-        nodes = proposer.tree(torch.randn(hidden), 11)
+        proposer.reset()
+        proposer.extend(torch.randn(1, hidden), [11])
+        nodes = proposer.tree()
         assert all(node.path[-1] in vocab[:20] for node in nodes if len(node.path) > 1)
         assert all(node.path[-1] in vocab for node in nodes)
+
+
+def test_unrolled_mask_shows_a_guess_the_true_past_and_its_own_path():
+    """Step k at position i sees the true positions up to i - k + 1 and the guesses before it on its path."""
+    assert unrolled_mask(4, 2).int().tolist() == [
+        [0, 0, 0, 0, 1, 0, 0, 0],
+        [1, 0, 0, 0, 0, 1, 0, 0],
+        [1, 1, 0, 0, 0, 0, 1, 0],
+        [1, 1, 1, 0, 0, 0, 0, 1],
+    ]
+    third = unrolled_mask(4, 3).int()
+    assert third[3].tolist() == [1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # true 0..1, step 2's guess at 2, itself
+
+
+def test_drafting_reads_the_context_as_training_does(tiny_loaded):
+    """The proposer, fed positions a few at a time and keeping only the last ``context``, guesses
+    what the training form computes on the same window, on the first level and the second."""
+    from lsp_server.drafthead.train import _Batches
+    from lsp_server.genguard.train import Dataset
+
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 5))
+    context, length = 4, 7
+    head = _random_head(hidden, vocab, seed=5, context=context)
+    embedding, lm_head = tiny_loaded.model.get_input_embeddings(), tiny_loaded.model.get_output_embeddings()
+    proposer = HeadProposer(head, embedding, lm_head)
+    torch.manual_seed(1)
+    states = torch.randn(length, hidden).half().float()  # what a shard stores
+    tokens = torch.randint(0, int(tiny_loaded.model.config.vocab_size), (length,)).tolist()
+    for start, end in ((0, 2), (2, 5), (5, 6)):
+        proposer.extend(states[start:end], tokens[start:end])
+    nodes = proposer.tree()
+    first = [node for node in nodes if len(node.path) == 1]
+    guess = max(first, key=lambda node: node.conditional).path[0]
+    # The training form on the last ``context`` positions, the guess fed after the last one read.
+    rows = list(range(length - 1 - context, length))
+    window = tokens[:length - 1] + [guess]
+    data = Dataset(states.numpy().astype(np.float16), np.zeros(length, np.uint8), np.array(window, np.int32),
+                   np.zeros(length, np.int32), np.array(["python"]), np.array(["r"]), np.array(["file"]), [{}])
+    scores = score_rows(lm_head, head.vocab, hidden)
+    batches = _Batches(data, np.array(window), embedding.weight.detach(), scores, head.vocab)
+    with torch.inference_mode():
+        step_one, step_two = batches.unroll(head, torch.tensor([rows]), 2)
+
+    def best(state: torch.Tensor, k: int) -> list[float]:
+        return torch.softmax(state @ scores.T, -1).topk(k).values.tolist()
+
+    assert sorted((n.conditional for n in first), reverse=True) == pytest.approx(best(step_one[0, -2], 4), abs=1e-5)
+    below = sorted((n.conditional for n in nodes if n.path[:1] == (guess,) and len(n.path) == 2), reverse=True)
+    assert below == pytest.approx(best(step_two[0, -1], 2), abs=1e-5)

@@ -74,9 +74,9 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
              "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st")]
     capsys.readouterr()
     assert main(train) == 0
-    once = re.search(r"epoch 1/1 \((\d+) pairs\)", capsys.readouterr().err)
+    once = re.search(r"epoch 1/1 \((\d+) windows", capsys.readouterr().err)
     assert main([*train, "--repeat", "file=2", "--report", str(report)]) == 0
-    twice = re.search(r"epoch 1/1 \((\d+) pairs\)", capsys.readouterr().err)
+    twice = re.search(r"epoch 1/1 \((\d+) windows", capsys.readouterr().err)
     assert once and twice and int(twice[1]) == 2 * int(once[1]) > 0  # the weighting reaches the training loop
     trained = json.loads(report.read_text())
     assert set(trained["heldout"]) == {"file"} and trained["pairs"] > 0 and trained["repeat"] == ["file=2"]

@@ -37,7 +37,7 @@ def test_a_workspace_goes_by_its_folder_packages_and_package_json(tmp_path):
 
 def _head(directory, training):
     head = DraftHead(8, 4, torch.arange(3))
-    save_draft_head(head_path_for(MODEL, directory), head, DraftHeadInfo(MODEL, 8, "tok", 4, training))
+    save_draft_head(head_path_for(MODEL, directory), head, DraftHeadInfo(MODEL, 8, "tok", 4, training=training))
 
 
 def test_the_bench_refuses_a_head_trained_on_the_workspace(tmp_path, capsys):

@@ -211,7 +211,13 @@ class _ContinuesAfterFive:
 class _GuessesFive:
     name = "head"
 
-    def tree(self, hidden, token):
+    def reset(self) -> None:
+        pass
+
+    def extend(self, states, tokens) -> None:
+        pass
+
+    def tree(self):
         from lsp_server.engine.speculation.head_drafts import HeadNode
 
         return [HeadNode((5,), 0.9, 0.9)]

@@ -86,7 +86,8 @@ def build_head(args: argparse.Namespace) -> int:
                       "--per-repo", "4000", "--seed", str(args.seed), "--out", str(files)])
     steps.append(["drafthead", "train", *(["--model", args.model] if args.model else []), "--data", str(work),
                   "--threads", str(args.threads), "--epochs", str(args.epochs or 2), "--repeat", "generated=2",
-                  "--vocab", str(args.vocab), "--width", str(args.width), "--seed", str(args.seed),
+                  "--vocab", str(args.vocab), "--width", str(args.width), "--context", str(args.context),
+                  "--seed", str(args.seed),
                   *(option for name in args.exclude_repo for option in ("--exclude-repo", name)),
                   *(["--out", str(args.out)] if args.out else []),
                   *(["--report", str(args.report)] if args.report else [])])

@@ -39,6 +39,8 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--dtype", default="bfloat16", help="build-data: the model's dtype")
     parser.add_argument("--vocab", type=int, default=16384, help="how many of the most frequent tokens it can propose")
     parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--context", type=int, default=128,
+                        help="train: earlier positions the head attends to (0: none, an MLP on the last state)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6; build: 2)")
     parser.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="train: the dtype of the training products, weights stay float32 (auto: bfloat16 "
@@ -139,40 +141,42 @@ def _train(args: argparse.Namespace) -> int:
     print(f"labels: the model's own pick differs from the stored next token at "
           f"{float((labels != data.token_ids).mean()):.1%} of positions", file=sys.stderr)
     train = pairs(data, masks["train"], labels, args.depth)
-    try:
-        copies = pair_copies(data.kind[data.sample_index[train.rows]], args.repeat)
+    try:  # a typo is refused here, before any training
+        pair_copies(data.kind[data.sample_index[train.rows]], args.repeat)
     except ValueError as exc:
         print(f"error: --repeat {exc}", file=sys.stderr)
         return 2
     tests = heldout_parts(data, pairs(data, masks["heldout_repos"], labels, args.depth))
 
     def evaluate(head, batches) -> str:  # type: ignore[no-untyped-def]
-        return " ".join(f"{name} top1/top4 {accuracy(head, batches, part)}" for name, part in tests.items())
+        return " ".join(f"{name} top1/top4 {accuracy(head, batches, data, part, args.context)}"
+                        for name, part in tests.items())
 
     embed = loaded.model.get_input_embeddings().weight.detach()
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
-        head, batches = train_draft_head(data, train, embed, loaded.model.get_output_embeddings(), args.vocab,
+        head, batches = train_draft_head(data, train, labels, embed, loaded.model.get_output_embeddings(), args.vocab,
                                          args.width, epochs, args.seed, evaluate=evaluate,
                                          progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                                         compute_dtype=compute_dtype, copies=copies)
+                                         compute_dtype=compute_dtype, repeat=args.repeat, context=args.context)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     heldout = {name: [{"step": step + 1, "top1": top1, "top4": top4}
-                      for step, (top1, top4) in enumerate(accuracy(head, batches, part))]
+                      for step, (top1, top4) in enumerate(accuracy(head, batches, data, part, args.context))]
                for name, part in tests.items()}
     bigram = {name: dict(zip(("top1", "top4"), (round(x, 3) for x in bigram_accuracy(data, train, part))))
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "repeat": sorted(args.repeat),
+                "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "context": args.context, "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])}),
                 "repos": sorted(set(repos[masks["train"]].tolist())),
                 "excluded_repos": sorted(repository_names(args.exclude_repo))}
     out = args.out or head_path_for(loaded.name)
-    save_draft_head(out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, training))
+    save_draft_head(out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, args.context,
+                                                   training))
     return emit_report({"head": str(out), **training, "seconds": round(time.perf_counter() - started, 1)},
                        args.report)

@@ -3,22 +3,31 @@
 Every verification pass ends on the model's own next token ``b`` (certain, but not yet
 fed) and the final-norm hidden state ``h`` that chose it.  Retrieval and Token Recycling
 guess the token after ``b`` from text alone and were right a third of the time on
-HumanEval; most passes then accepted nothing.  This head looks at ``h`` as well: a
-residual MLP maps ``(h, embedding(b))`` to a predicted next hidden state, scored against
-the model's own LM-head rows for the ``vocab`` tokens it knows (the most frequent ones of
-its training data).  A pass runs it three levels deep (a small MLP and one ``vocab x
-hidden`` product per level); with the drafts built from its guesses that took 7% of
-speculation's time on HumanEval here (8.6 of ~123 ms per pass on a slow day), and it only
-proposes: the verifier still decides, so output is unchanged whatever it guesses.
+HumanEval; most passes then accepted nothing.  This head looks at ``h`` as well: one small
+transformer block maps ``(h, embedding(b))`` to a predicted next hidden state, scored
+against the model's own LM-head rows for the ``vocab`` tokens it knows (the most frequent
+ones of its training data).  Its attention reads the same pairs at up to ``context``
+earlier positions (what was fed before, and the states the model had there), so it can
+see, say, a name the code used a line ago; ``context`` 0 leaves the block without
+attention (the residual MLP of earlier heads).  On the same data and training budget
+(half an epoch, three steps unrolled, held-out generations) the first guess was the
+model's pick 49.3% of the time with 128 positions of context against 46.9% without, the
+second 38.7% against 35.6%, the third 34.1% against 30.7%.
+
+A pass runs it three levels deep (the block and one ``vocab x hidden`` product per level),
+and it only proposes: the verifier still decides, so output is unchanged whatever it
+guesses.
 
 Weights are safetensors with string metadata (base model id, hidden size, tokenizer hash,
 training summary) like GenGuard's heads, so a head is only used with its own model.  They
-are not shipped in the package (5.6 MB for the default model): ``swiftguard drafthead
-train`` writes them into the cache dir, where the engine looks them up by model name.
+are not shipped in the package (about 13 MB for the default model): ``swiftguard
+drafthead train`` writes them into the cache dir, where the engine looks them up by model
+name.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +40,10 @@ from safetensors.torch import save_file
 from ..genguard.head import HeadError, header_metadata, model_key, tokenizer_hash
 from ..paths import cache_root
 
-FORMAT = "swiftguard-draft-head-1"
+FORMAT = "swiftguard-draft-head-2"
+"""Format 1 (the MLP-only head, no ``context``) is refused: retrain with ``drafthead train``."""
+HEAD_DIM = 64
+"""Attention head size (the default model's own); a smaller model's block uses one head."""
 
 
 def head_path_for(model_name: str, directory: Path | None = None) -> Path:
@@ -45,39 +57,100 @@ class DraftHeadInfo:
     hidden_size: int
     tokenizer_hash: str
     width: int
+    context: int = 0
+    """Earlier positions the head attends to (0: none)."""
     training: dict[str, Any] = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "base_model": self.base_model, "hidden_size": str(self.hidden_size),
-                "tokenizer_hash": self.tokenizer_hash, "width": str(self.width),
+                "tokenizer_hash": self.tokenizer_hash, "width": str(self.width), "context": str(self.context),
                 "training": json.dumps(self.training, sort_keys=True)}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str] | None, path: Path) -> DraftHeadInfo:
+        if meta and meta.get("format") == "swiftguard-draft-head-1":
+            raise HeadError(f"{path} is a draft head of an older format (no context attention): "
+                            "train a new one with `swiftguard drafthead train` or `build`")
         if not meta or meta.get("format") != FORMAT:
             raise HeadError(f"{path} is not a draft head (metadata format {None if not meta else meta.get('format')!r})")
         try:
             return cls(meta["base_model"], int(meta["hidden_size"]), meta["tokenizer_hash"], int(meta["width"]),
-                       json.loads(meta.get("training", "{}")))
+                       int(meta["context"]), json.loads(meta.get("training", "{}")))
         except (KeyError, ValueError) as exc:
             raise HeadError(f"{path}: damaged draft-head metadata: {exc}") from exc
 
 
-class DraftHead(torch.nn.Module):
-    """(h_t, embedding of token t+1) -> predicted final-norm hidden state at t+1."""
+@functools.cache
+def _frequencies(half: int, device: torch.device) -> torch.Tensor:
+    """Rotation speeds of the rotary embedding's ``half`` pairs of features (made once: drafting
+    rotates a few rows per level, where building this table would cost about as much)."""
+    return 1.0 / (10000 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
 
-    def __init__(self, hidden_size: int, width: int, vocab: torch.Tensor) -> None:
+
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of ``x`` [..., T, head_dim] at ``positions`` [T]: attention
+    scores then depend on how far apart two positions are, not where they sit, so a head
+    trained on windows reads the same at any depth of a long document."""
+    half = x.shape[-1] // 2
+    angles = positions.to(torch.float32)[:, None] * _frequencies(half, x.device)[None]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+class DraftHead(torch.nn.Module):
+    """(h_t, embedding of token t+1, the same pairs at earlier positions) -> predicted
+    final-norm hidden state at t+1.
+
+    Used in three steps so that training (whole windows, ``drafthead.train``) and drafting
+    (one position or tree node at a time, ``engine.speculation.head_drafts``) share it:
+    ``fuse`` the inputs, ``project`` them to queries, keys and values, ``finish`` with the
+    attention's output.
+    """
+
+    def __init__(self, hidden_size: int, width: int, vocab: torch.Tensor, context: int = 0) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.width = width
-        self.inner = torch.nn.Linear(2 * hidden_size, width)
-        self.outer = torch.nn.Linear(width, hidden_size)
+        self.context = context
+        self.heads = hidden_size // HEAD_DIM if hidden_size % HEAD_DIM == 0 else 1
+        self.fuse_layer = torch.nn.Linear(2 * hidden_size, hidden_size)
+        if context:
+            self.attention_norm = torch.nn.RMSNorm(hidden_size, eps=1e-6)
+            self.qkv = torch.nn.Linear(hidden_size, 3 * hidden_size)
+            self.attention_out = torch.nn.Linear(hidden_size, hidden_size, bias=False)
+        self.mlp_norm = torch.nn.RMSNorm(hidden_size, eps=1e-6)
+        self.up = torch.nn.Linear(hidden_size, width)
+        self.down = torch.nn.Linear(width, hidden_size)
         self.register_buffer("vocab", vocab.to(torch.int64))
         """The token ids the head can propose, in the order of its score rows."""
 
+    def fuse(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        return self.fuse_layer(torch.cat([hidden, embedded], dim=-1))
+
+    def project(self, fused: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values [..., heads, T, head_dim] of ``fused`` [..., T, hidden] (a head with context only)."""
+        *batch, length, _ = fused.shape
+        qkv = self.qkv(self.attention_norm(fused)).view(*batch, length, 3, self.heads, -1)
+        query, key, value = (qkv.select(-3, part).transpose(-3, -2) for part in range(3))
+        return rotate(query, positions), rotate(key, positions), value
+
+    def finish(self, hidden: torch.Tensor, fused: torch.Tensor, attended: torch.Tensor | None) -> torch.Tensor:
+        """The predicted state from the fused inputs and the attention's output [..., heads, T, head_dim]."""
+        if attended is not None:
+            fused = fused + self.attention_out(attended.transpose(-3, -2).flatten(-2))
+        fused = fused + self.down(torch.nn.functional.silu(self.up(self.mlp_norm(fused))))
+        return hidden + fused
+
     def forward(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        inner = torch.nn.functional.silu(self.inner(torch.cat([hidden, embedded], dim=-1)))
-        return hidden + self.outer(inner)
+        """Windows [batch, T, hidden] of consecutive true positions, each attending to itself and
+        the positions before it (the first step of training)."""
+        fused = self.fuse(hidden, embedded)
+        if not self.context:
+            return self.finish(hidden, fused, None)
+        query, key, value = self.project(fused, torch.arange(fused.shape[-2], device=fused.device))
+        return self.finish(hidden, fused, torch.nn.functional.scaled_dot_product_attention(query, key, value,
+                                                                                          is_causal=True))
 
 
 @torch.no_grad()
@@ -121,7 +194,7 @@ def load_draft_head(path: Path, hidden_size: int, tokenizer_key: str) -> tuple[D
         raise HeadError(f"draft head {path.name} was trained with another tokenizer: refusing to use it")
     if "vocab" not in tensors:
         raise HeadError(f"draft head {path} has no vocab tensor")
-    head = DraftHead(hidden_size, info.width, tensors["vocab"])
+    head = DraftHead(hidden_size, info.width, tensors["vocab"], info.context)
     try:
         head.load_state_dict({name: tensor.float() if name != "vocab" else tensor for name, tensor in tensors.items()})
     except RuntimeError as exc:

@@ -9,10 +9,11 @@ next, ``argmax(lm_head(h_{j+1}))``.  That label, not the text's real next token,
 verification accepts: in teacher-forced code the two differ at about one position in
 four, and training on the text taught the head to guess the author instead of the
 model.  Cross-entropy over the head's vocabulary, plus a small pull of the predicted
-state toward the true ``h_{j+1}``.  The head is unrolled ``depth`` steps as it runs: step
-two starts from the state step one *predicted* (and the token really fed next), so the
-head learns to guess two and more tokens ahead from its own output, not only from the
-model's states.  Whole repositories are held out for evaluation, and the report compares
+state toward the true ``h_{j+1}``.  The head reads windows of consecutive positions of a
+sample, each attending to those before it (``context`` positions at most), and is
+unrolled ``depth`` steps as it runs: step two starts from the state step one *predicted*
+(and the token really fed next), so the head learns to guess two and more tokens ahead
+from its own output, not only from the model's states.  Whole repositories are held out for evaluation, and the report compares
 the head with a bigram table built from the same training pairs (the best a text-only
 guess of the next token does from this data).
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,56 +113,146 @@ def bigram_accuracy(data: Dataset, train: Pairs, test: Pairs, k: int = 4) -> tup
     return top1 / max(1, len(test.rows)), topk / max(1, len(test.rows))
 
 
+@dataclass
+class Windows:
+    """Runs of consecutive rows of one sample, at most ``length`` long: what the head reads at
+    once in training (each position attends to the positions before it in its window)."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    stride: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def windows(data: Dataset, samples: np.ndarray, length: int, overlap: int = 0) -> Windows:
+    """Windows over every row of the selected samples (a sample mask), starting every
+    ``length - overlap`` rows: with ``overlap`` ``depth - 1`` each pair's unrolled chain lies
+    whole in the window that starts at or before its row (``window_of``)."""
+    stride = max(1, length - overlap)
+    index = data.sample_index
+    first = np.r_[0, np.nonzero(index[1:] != index[:-1])[0] + 1]
+    ends = np.r_[first[1:], len(index)]
+    starts, lengths = [], []
+    for begin, end in zip(first, ends):
+        if not samples[index[begin]]:
+            continue
+        for start in range(begin, end, stride):
+            starts.append(start)
+            lengths.append(min(length, end - start))
+    return Windows(np.array(starts, np.int64), np.array(lengths, np.int64), stride)
+
+
+def window_of(spans: Windows, rows: np.ndarray) -> np.ndarray:
+    """For each row, the window whose start is the last one at or before it."""
+    return np.searchsorted(spans.starts, rows, side="right") - 1
+
+
 class _Batches:
     """What training and evaluation index into, built once: states, tokens, embeddings, score rows."""
 
-    def __init__(self, data: Dataset, embed: torch.Tensor, scores: torch.Tensor, vocab: torch.Tensor) -> None:
+    def __init__(self, data: Dataset, labels: np.ndarray, embed: torch.Tensor, scores: torch.Tensor,
+                 vocab: torch.Tensor) -> None:
         self.features = torch.from_numpy(data.features)
         self.tokens = torch.from_numpy(data.token_ids.astype(np.int64))
         self.embed = embed
         self.scores = scores
-        position = torch.full((max(len(embed), int(vocab.max()) + 1),), -1, dtype=torch.int64)  # any token id
+        position = torch.full((max(len(embed), int(vocab.max()) + 1, int(labels.max(initial=0)) + 1),), -1,
+                              dtype=torch.int64)  # any token id
         position[vocab] = torch.arange(len(vocab))
-        self.position = position
+        index = data.sample_index
+        follows = np.zeros(len(index), bool)
+        follows[:-1] = index[:-1] == index[1:]
+        nxt = np.where(follows, np.r_[labels[1:], 0], 0)
+        self.targets = torch.where(torch.from_numpy(follows), position[torch.from_numpy(nxt)], -1)
+        """Per row: the position in the head's vocabulary of the model's pick at the next row (-1: none, or outside it)."""
 
-    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features[rows].float(), self.embed[self.tokens[rows]].float()
+    def window_rows(self, spans: Windows, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[len(chosen), T] row indices (a short window repeats its last row) and which are real."""
+        lengths = torch.from_numpy(spans.lengths)[chosen]
+        offsets = torch.arange(int(lengths.max()))
+        real = offsets[None] < lengths[:, None]
+        rows = torch.from_numpy(spans.starts)[chosen][:, None] + torch.minimum(offsets[None], lengths[:, None] - 1)
+        return rows, real
 
-    def targets(self, pairs_: Pairs, rows: torch.Tensor) -> torch.Tensor:
-        """[len(rows), depth] positions of the labels in the head's vocabulary (-1: outside it)."""
-        return self.position[torch.from_numpy(pairs_.labels)[rows]]
+    def unroll(self, head: DraftHead, rows: torch.Tensor, depth: int) -> list[torch.Tensor]:
+        """Predicted states [B, T, hidden] for steps 1..depth of every position of the windows.
 
-    def unroll(self, head: DraftHead, pairs_: Pairs, rows: torch.Tensor) -> list[torch.Tensor]:
-        """Predicted states for steps 1..depth: each step starts from the previous step's
-        prediction and the true token (what the head sees at run time when its guess was right)."""
-        hidden, embedded = self.inputs(torch.from_numpy(pairs_.rows)[rows])
-        states = [head(hidden, embedded)]
-        ahead = torch.from_numpy(pairs_.ahead)[rows]
-        for step in range(1, ahead.shape[1]):
-            states.append(head(states[-1], self.embed[ahead[:, step - 1]]))
+        Step one reads the true states.  Step ``k`` at position ``i`` starts from the state step
+        ``k - 1`` predicted at ``i - 1`` (and the token really fed at ``i``), as drafting does
+        once the head's earlier guesses were right; its attention sees what drafting sees: the
+        true positions up to ``i - k + 1``, then the keys of the earlier steps' guesses on its own
+        path (``unrolled_mask``).
+        """
+        hidden, embedded = self.features[rows].float(), self.embed[self.tokens[rows]].float()
+        fused = head.fuse(hidden, embedded)
+        if not head.context:
+            states = [head.finish(hidden, fused, None)]
+            for _ in range(1, depth):
+                previous = torch.cat([states[-1][:, :1], states[-1][:, :-1]], dim=1)
+                states.append(head.finish(previous, head.fuse(previous, embedded), None))
+            return states
+        positions = torch.arange(rows.shape[1])
+        query, key, value = head.project(fused, positions)
+        keys, values = [key], [value]
+        states = [head.finish(hidden, fused, torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True))]
+        for step in range(2, depth + 1):
+            previous = torch.cat([states[-1][:, :1], states[-1][:, :-1]], dim=1)
+            fused = head.fuse(previous, embedded)
+            query, key, value = head.project(fused, positions)
+            keys.append(key)
+            values.append(value)
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2),
+                attn_mask=unrolled_mask(rows.shape[1], step))
+            states.append(head.finish(previous, fused, attended))
         return states
 
 
-def accuracy(head: DraftHead, batches: _Batches, test: Pairs, k: int = 4) -> list[tuple[float, float]]:
+def unrolled_mask(length: int, step: int) -> torch.Tensor:
+    """[length, step * length]: which keys step ``step`` at position ``i`` may attend to, the keys
+    laid out as [true; step 2's; ...; this step's]: true positions up to ``i - step + 1`` and,
+    of step ``s``'s keys, the one at ``i - (step - s)`` (the guess before it on its path)."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None]
+    return torch.cat([j <= i - step + 1] + [j == i - (step - s) for s in range(2, step + 1)], dim=1)
+
+
+def accuracy(head: DraftHead, batches: _Batches, data: Dataset, test: Pairs, context: int,
+             k: int = 4) -> list[tuple[float, float]]:
     """Per step, top-1 and top-k accuracy of the head on ``test`` given the earlier tokens right
-    (a token outside its vocabulary is a miss)."""
+    (a token outside its vocabulary is a miss), each pair read in a window as in training."""
     depth = test.ahead.shape[1]
+    samples = np.zeros(data.samples, bool)
+    samples[data.sample_index[test.rows]] = True
+    spans = windows(data, samples, max(context, depth), overlap=depth - 1)
+    owner = window_of(spans, test.rows)
     top1, topk = [0] * depth, [0] * depth
     with torch.inference_mode():
-        for start in range(0, len(test.rows), 4096):
-            rows = torch.arange(start, min(start + 4096, len(test.rows)))
-            target = batches.targets(test, rows)
-            for step, state in enumerate(batches.unroll(head, test, rows)):
-                guesses = (state @ batches.scores.T).topk(k, dim=-1).indices
-                top1[step] += int((guesses[:, 0] == target[:, step]).sum())
-                topk[step] += int((guesses == target[:, step, None]).any(-1).sum())
+        for start in range(0, len(spans), 32):
+            chosen = torch.arange(start, min(start + 32, len(spans)))
+            rows, _real = batches.window_rows(spans, chosen)
+            states = batches.unroll(head, rows, depth)
+            mine = np.nonzero((owner >= start) & (owner < start + len(chosen)))[0]
+            if not len(mine):
+                continue
+            which = torch.from_numpy(owner[mine] - start)
+            offset = torch.from_numpy(test.rows[mine] - spans.starts[owner[mine]])
+            for step, state in enumerate(states):
+                guesses = (state[which, offset + step] @ batches.scores.T).topk(k, dim=-1).indices
+                target = batches.targets[torch.from_numpy(test.rows[mine]) + step]
+                top1[step] += int((guesses[:, 0] == target).sum())
+                topk[step] += int((guesses == target[:, None]).any(-1).sum())
     n = max(1, len(test.rows))
     return [(round(a / n, 3), round(b / n, 3)) for a, b in zip(top1, topk)]
 
 
 def pair_copies(kinds: np.ndarray, specs: list[str]) -> np.ndarray | None:
-    """Per pair, how many times an epoch sees it, from ``KIND=N`` specs (other kinds once);
-    None without specs.  Raises ValueError on a malformed spec or a kind no pair has."""
+    """Per item (window or pair) of the given kinds, how many times an epoch sees it, from
+    ``KIND=N`` specs (other kinds once); None without specs.  Raises ValueError on a malformed
+    spec or a kind no item has."""
     if not specs:
         return None
     copies = np.ones(len(kinds), np.int64)
@@ -176,27 +267,29 @@ def pair_copies(kinds: np.ndarray, specs: list[str]) -> np.ndarray | None:
     return copies
 
 
-def epoch_rows(targets: torch.Tensor, copies: np.ndarray | None = None) -> torch.Tensor:
-    """The pair indices one epoch goes through: every pair whose next token the head can
-    propose (one outside its vocabulary teaches nothing), ``copies[i]`` times each.
+def epoch_windows(usable: np.ndarray, copies: np.ndarray | None = None) -> torch.Tensor:
+    """The windows one epoch goes through: every window with a position whose next token the
+    head can propose (one outside its vocabulary teaches nothing), ``copies[i]`` times each.
 
-    Repeating a kind of pair is how its weight is raised: the model's own generations are
+    Repeating a kind of sample is how its weight is raised: the model's own generations are
     what the head meets at run time, and they are the scarce, expensive kind of data.
     """
-    usable = torch.nonzero(targets[:, 0] >= 0).squeeze(1)
+    chosen = torch.from_numpy(np.nonzero(usable)[0])
     if copies is None:
-        return usable
-    return usable.repeat_interleave(torch.as_tensor(copies, dtype=torch.int64)[usable])
+        return chosen
+    return chosen.repeat_interleave(torch.as_tensor(copies, dtype=torch.int64)[chosen])
 
 
-def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: torch.nn.Module, vocab_size: int = 16384,
-                     width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 512, lr: float = 2e-3,
-                     progress: Callable[[str], None] = lambda _m: None,
+def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: torch.Tensor, lm_head: torch.nn.Module,
+                     vocab_size: int = 16384, width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 2048,
+                     lr: float = 2e-3, progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
-                     compute_dtype: torch.dtype = torch.float32,
-                     copies: np.ndarray | None = None) -> tuple[DraftHead, _Batches]:
-    """Fit a head on the training pairs; ``embed`` is the model's input embedding matrix;
-    ``copies`` (per pair, see ``epoch_rows``) weights some pairs more than others.
+                     compute_dtype: torch.dtype = torch.float32, repeat: Sequence[str] = (),
+                     context: int = 128) -> tuple[DraftHead, _Batches]:
+    """Fit a head on windows of the training pairs' samples; ``labels`` are the model's picks per
+    row, ``embed`` the model's input embedding matrix, ``repeat`` (``KIND=N`` specs, see
+    ``epoch_windows``) weights some kinds of sample more than others, ``batch`` is in positions;
+    raises ValueError on a bad spec or when no position has a next token.
 
     The products run in ``compute_dtype`` under autocast while weights and optimizer state
     stay float32.  On this 2-core CPU (native bf16) bfloat16 steps took 320-334 ms against
@@ -206,35 +299,51 @@ def train_draft_head(data: Dataset, train: Pairs, embed: torch.Tensor, lm_head: 
     bfloat16 emulated in software is slower than float32.
     """
     torch.manual_seed(seed)
+    depth = train.ahead.shape[1]
     vocab = frequent_vocab(data, train, vocab_size)
-    batches = _Batches(data, embed.float(), score_rows(lm_head, vocab, data.features.shape[1]).float(), vocab)
-    head = DraftHead(data.features.shape[1], width, vocab)
+    batches = _Batches(data, labels, embed.float(), score_rows(lm_head, vocab, data.features.shape[1]).float(), vocab)
+    head = DraftHead(data.features.shape[1], width, vocab, context)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-    targets_all = batches.targets(train, torch.arange(len(train.rows)))
-    usable = epoch_rows(targets_all, copies)
-    if not len(usable):
+    samples = np.zeros(data.samples, bool)
+    samples[data.sample_index[train.rows]] = True
+    spans = windows(data, samples, max(context, depth))
+    usable = np.array([bool((batches.targets[start:start + n] >= 0).any())
+                       for start, n in zip(spans.starts.tolist(), spans.lengths.tolist())], bool)
+    if not usable.any():
         raise ValueError("no training pairs: the shards hold no positions with a next token")
-    batch = min(batch, len(usable))
-    steps = max(1, epochs * (len(usable) // batch))
+    kinds = data.kind[data.sample_index[spans.starts]]
+    copies = pair_copies(kinds, list(repeat))
+    per_batch = max(1, batch // max(context, depth))
+    steps = max(1, epochs * max(1, len(epoch_windows(usable, copies)) // per_batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
-    rows_all = torch.from_numpy(train.rows)
     started = time.perf_counter()
-    for epoch in range(epochs):  # epochs x (usable // batch) optimizer steps: the schedule's length
-        order = usable[torch.randperm(len(usable))]
-        for start in range(0, len(order) - batch + 1, batch):
-            chosen = order[start : start + batch]
+    loss = torch.zeros(())
+    done = 0
+    for epoch in range(epochs):  # the schedule's length: epochs x (windows // per_batch) optimizer steps
+        order = epoch_windows(usable, copies)
+        order = order[torch.randperm(len(order))]
+        for start in range(0, max(1, len(order) - per_batch + 1), per_batch):
+            if done == steps:
+                break
+            rows, real = batches.window_rows(spans, order[start : start + per_batch])
+            offsets = torch.arange(rows.shape[1])[None]
             loss = torch.zeros(())
             with torch.autocast("cpu", dtype=compute_dtype, enabled=compute_dtype != torch.float32):
-                for ahead, predicted in enumerate(batches.unroll(head, train, chosen)):
+                for step, predicted in enumerate(batches.unroll(head, rows, depth)):
+                    target = torch.where(real & (offsets >= step), batches.targets[rows], -1)
                     logits = (predicted @ batches.scores.T).float()
-                    loss = loss + torch.nn.functional.cross_entropy(logits, targets_all[chosen, ahead], ignore_index=-1)
-                    true_state = batches.features[rows_all[chosen] + ahead + 1].float()
-                    loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted.float(), true_state)
+                    loss = loss + torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(),
+                                                                    ignore_index=-1)
+                    following = real[:, 1:] & real[:, :-1]
+                    true_state = batches.features[rows[:, 1:]].float()
+                    loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted[:, :-1].float()[following],
+                                                                           true_state[following])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
+            done += 1
         report = evaluate(head, batches) if evaluate is not None else ""
-        progress(f"epoch {epoch + 1}/{epochs} ({len(usable)} pairs): loss {loss.item():.3f} {report} "
-                 f"({time.perf_counter() - started:.0f}s)")
+        progress(f"epoch {epoch + 1}/{epochs} ({len(order)} windows of up to {max(context, depth)} positions): "
+                 f"loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")
     return head.eval(), batches

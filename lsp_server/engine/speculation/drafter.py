@@ -208,8 +208,6 @@ class SpeculativeDrafter:
         """Decayed sums of tokens and seconds (drafting included) over decoding passes."""
         self._pass_draft_seconds = 0.0
         """The copy's drafting time for the pass about to be observed."""
-        self._head_state: tuple[Any, int] | None = None
-        """The last pass's final hidden state and the pending token it chose: the head's input."""
         self._head_confidence = (Rate(0.5), Rate(0.5))
         """The head's mean probability for its top first guess, and for its top chain's second
         guess when the first was right: what its observed rates rescale it against."""
@@ -234,7 +232,8 @@ class SpeculativeDrafter:
         self._prompt_length = len(prompt)
         self._request_source = self.per_request(after) if self.per_request is not None else None
         self._follows = []
-        self._head_state = None
+        if self.head is not None:
+            self.head.reset()
 
     def _document_order(self, tokens: Sequence[int]) -> list[int]:
         """The context as the file reads: text before the cursor, then what was generated.
@@ -322,7 +321,7 @@ class SpeculativeDrafter:
         if self.config.use_recycling:
             drafts += self.recycler.drafts(tokens)
         scaled = self._calibrated([d for d in drafts if d.tokens])
-        if self.head is not None and self._head_state is not None:
+        if self.head is not None:
             started = time.perf_counter()
             scaled += self._head_drafts(tokens, {draft.tokens[0] for draft in scaled})
             self.stats.head_seconds += time.perf_counter() - started
@@ -423,8 +422,9 @@ class SpeculativeDrafter:
         the top first guess was right lately, deeper guesses by how often its top chain went
         on being right (both against the head's own mean confidence in those guesses).
         """
-        hidden, pending = self._head_state  # type: ignore[misc]
-        nodes = self.head.tree(hidden, pending)  # type: ignore[union-attr]
+        nodes = self.head.tree()  # type: ignore[union-attr]
+        if not nodes:  # nothing read yet: the prompt's pass
+            return []
         key = (HeadProposer.name, 0)
         first_rate, deep_rate = self._rates(key)
         first_scale = first_rate.value / max(self._head_confidence[0].value, 1e-3)
@@ -474,7 +474,10 @@ class SpeculativeDrafter:
         """Learn from one pass: its cost, acceptance rate, recycled candidates, per-source credit."""
         self.stats.passes += 1
         if self.head is not None:
-            self._head_state = (verified.hidden[-1], verified.accepted[-1])
+            fed = verified.fed_states
+            if fed is not None and len(fed):  # the pending tokens after the first, as fed
+                self.head.extend(fed, tokens[len(tokens) - len(fed):])
+            self.head.extend(verified.hidden, verified.accepted)
             if self._head_top is not None:
                 first, second = self._head_top
                 self._head_confidence[0].update(first)

@@ -2,7 +2,10 @@
 
 The head guesses the token after the model's pending token from the pass's last hidden
 state, then, unrolled on the states it predicts itself, the tokens after that: a small
-tree of guesses.  Token Recycling's adjacency continues its deepest guesses.  The head runs in the
+tree of guesses.  Its attention reads the positions before (``extend`` adds the true
+states and tokens after every pass; their keys and values are computed once and kept for
+the last ``context`` positions), and a guess below the first level also reads the guesses
+above it on its own path, as in training (``drafthead.train.unrolled_mask``).  Token Recycling's adjacency continues its deepest guesses.  The head runs in the
 model's dtype with the model's own embedding and LM-head rows (recovered once at load),
 so it adds no weights beyond its small MLP; on a CPU its layers are packed for oneDNN
 like the model's (``engine.linear``): a one-row product on an unpacked bf16 weight
@@ -11,6 +14,7 @@ reorders the whole weight on every call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -41,7 +45,7 @@ stored most frequent first: ``drafthead.train.frequent_vocab``.)"""
 
 
 class HeadProposer:
-    """The head bound to one loaded model: (hidden state, pending token) -> likely next tokens."""
+    """The head bound to one loaded model: the positions decided so far -> likely next tokens."""
 
     name = "head"
 
@@ -60,6 +64,7 @@ class HeadProposer:
         self.expand = expand
         if weight.device.type == "cpu":
             install_row_invariant(torch.nn.ModuleList([self.head, self.scores, self.deep_scores]))  # modules() dedupes
+        self.reset()
 
     @staticmethod
     def _scoring(rows: torch.Tensor) -> torch.nn.Linear:
@@ -68,20 +73,73 @@ class HeadProposer:
         scoring.weight = torch.nn.Parameter(rows, requires_grad=False)
         return scoring
 
+    def reset(self) -> None:
+        """Forget the positions read so far (a new request)."""
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self._next_position = 0
+        self._root: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
     @torch.inference_mode()
-    def tree(self, hidden: torch.Tensor, token: int) -> list[HeadNode]:
-        """Guesses for the next tokens after ``token``, level by level, parents first.
+    def extend(self, states: torch.Tensor, tokens: Sequence[int]) -> None:
+        """Read positions the model has decided: row ``j`` of ``states`` is the state the token
+        ``tokens[j]`` was chosen from (and is fed next).  The last row is what ``tree`` guesses after."""
+        if not len(tokens):
+            return
+        keep = max(1, self.head.context)
+        states = states[-keep:].to(self.embedding.dtype)
+        tokens = list(tokens)[-keep:]
+        fused = self.head.fuse(states, self.embedding[tokens])
+        query = None
+        if self.head.context:
+            positions = torch.arange(self._next_position, self._next_position + len(tokens), device=fused.device)
+            query, key, value = self.head.project(fused, positions)
+            self._keys = key if self._keys is None else torch.cat([self._keys, key], dim=-2)[:, -keep:]
+            self._values = value if self._values is None else torch.cat([self._values, value], dim=-2)[:, -keep:]
+            query = query[:, -1:]
+        self._next_position += len(tokens)
+        self._root = (states[-1:], fused[-1:], query)
+
+    def _attend_path(self, fused: torch.Tensor, level: int, paths: list[tuple[torch.Tensor, torch.Tensor]]
+                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Attention of one level's guesses [rows, 1, hidden] over the positions read, the guesses
+        above each on its path and itself; returns it and the paths with this level's keys added."""
+        position = torch.tensor([self._next_position - 1 + level], device=fused.device)
+        query, key, value = self.head.project(fused, position)
+        rows = fused.shape[0]
+        keys = torch.cat([self._keys[None].expand(rows, -1, -1, -1),  # type: ignore[index]
+                          torch.stack([path[0] for path in paths]), key], dim=-2)
+        values = torch.cat([self._values[None].expand(rows, -1, -1, -1),  # type: ignore[index]
+                            torch.stack([path[1] for path in paths]), value], dim=-2)
+        attended = torch.nn.functional.scaled_dot_product_attention(query, keys, values)
+        return attended, [(torch.cat([keys_, key[row]], dim=-2), torch.cat([values_, value[row]], dim=-2))
+                          for row, (keys_, values_) in enumerate(paths)]
+
+    @torch.inference_mode()
+    def tree(self) -> list[HeadNode]:
+        """Guesses for the next tokens after the last position read, level by level, parents first.
 
         Level one holds the head's ``breadth[0]`` best tokens; each further level expands the
         ``expand`` likeliest nodes of the level above, starting from the state the head
         predicted for them (it was trained unrolled that way), by ``breadth[d]`` children each.
         """
+        if self._root is None:
+            return []
+        hidden, fused, query = self._root
+        attended = None if query is None else torch.nn.functional.scaled_dot_product_attention(
+            query, self._keys, self._values)
+        predicted = self.head.finish(hidden, fused, attended)
         nodes: list[HeadNode] = []
         frontier = [HeadNode((), 1.0, 1.0)]
-        states = hidden.reshape(1, -1).to(self.embedding.dtype)
-        tokens = [token]
+        paths: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """Per frontier node, the keys and values of the guesses above it from level two on."""
         for level, width in enumerate(self.breadth):
-            predicted = self.head(states, self.embedding[tokens])
+            if level:
+                inputs = predicted[:, None]
+                fused = self.head.fuse(inputs, self.embedding[[node.path[-1] for node in frontier]][:, None])
+                if self.head.context:
+                    attended, paths = self._attend_path(fused, level, paths)
+                predicted = self.head.finish(inputs, fused, attended)[:, 0]
             scores = self.scores if level == 0 else self.deep_scores
             top = torch.softmax(scores(predicted).float(), dim=-1).topk(width)
             children = [(HeadNode((*parent.path, self.vocab[index]), parent.joint * p, p), row)
@@ -90,6 +148,9 @@ class HeadProposer:
             nodes += [node for node, _ in children]
             children = sorted(children, key=lambda item: -item[0].joint)[: self.expand]
             frontier = [node for node, _ in children]
-            states = predicted[[row for _, row in children]]
-            tokens = [node.path[-1] for node in frontier]
+            rows = [row for _, row in children]
+            predicted = predicted[rows]
+            if self.head.context:
+                empty = (self._keys[:, :0], self._values[:, :0])  # type: ignore[index]
+                paths = [paths[row] if level else empty for row in rows]
         return nodes

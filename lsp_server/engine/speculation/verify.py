@@ -43,6 +43,9 @@ class Verified:
     """Tree node indices of the matched draft path."""
     logits: torch.Tensor
     """[len(accepted), vocab]: the logits that chose each accepted token."""
+    fed_states: torch.Tensor | None = None
+    """[len(pending) - 1, hidden]: the states of the pending tokens before the last (a prompt's
+    pass), row j the state the pending token ``j + 1`` was chosen from; what the draft head reads."""
 
 
 def tree_attention_mask(past: int, pending: int, tree: DraftTree, dtype: torch.dtype) -> torch.Tensor:
@@ -123,7 +126,8 @@ class TreeVerifier:
             rows.append(child + 1)
             node = child
         keep_cache_positions(cache, past + len(pending), path)
-        return Verified(accepted, states[rows], path, torch.stack(logits))
+        fed = out.last_hidden_state[0, : len(pending) - 1]
+        return Verified(accepted, states[rows], path, torch.stack(logits), fed)
 
     def _likely_path_logits(self, states: torch.Tensor, tree: DraftTree,
                             children: dict[int, dict[int, int]]) -> dict[int, torch.Tensor]:

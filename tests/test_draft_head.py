@@ -28,6 +28,7 @@ from lsp_server.drafthead.train import (
     pairs,
     train_draft_head,
     unrolled_mask,
+    window_of,
     windows,
 )
 from lsp_server.engine.completer import build_drafter
@@ -293,6 +294,17 @@ def test_guesses_below_the_first_level_come_from_the_most_frequent_tokens(tiny_l
         nodes = proposer.tree()
         assert all(node.path[-1] in vocab[:20] for node in nodes if len(node.path) > 1)
         assert all(node.path[-1] in vocab for node in nodes)
+
+
+def test_windows_cover_each_sample_and_hold_every_chain_whole():
+    """Windows never cross samples; with an overlap of depth - 1 the window a row falls in holds its chain."""
+    index = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2, 2], np.int32)
+    data = Dataset(np.zeros((10, 4), np.float16), np.zeros(10, np.uint8), np.zeros(10, np.int32), index,
+                   np.array(["python"] * 3), np.array(["r"] * 3), np.array(["file"] * 3), [{}])
+    spans = windows(data, np.array([True, True, False]), 3, overlap=1)
+    assert spans.starts.tolist() == [0, 2, 4, 5, 7] and spans.lengths.tolist() == [3, 3, 1, 3, 1]
+    assert window_of(spans, np.array([0, 1, 2, 3, 5, 6])).tolist() == [0, 0, 1, 1, 3, 3]
+    assert windows(data, np.array([False, False, True]), 8).starts.tolist() == [8]
 
 
 def test_unrolled_mask_shows_a_guess_the_true_past_and_its_own_path():

@@ -13,9 +13,9 @@ state toward the true ``h_{j+1}``.  The head reads windows of consecutive positi
 sample, each attending to those before it (``context`` positions at most), and is
 unrolled ``depth`` steps as it runs: step two starts from the state step one *predicted*
 (and the token really fed next), so the head learns to guess two and more tokens ahead
-from its own output, not only from the model's states.  Whole repositories are held out for evaluation, and the report compares
-the head with a bigram table built from the same training pairs (the best a text-only
-guess of the next token does from this data).
+from its own output, not only from the model's states.  Whole repositories are held out
+for evaluation, and the report compares the head with a bigram table built from the same
+training pairs (the best a text-only guess of the next token does from this data).
 """
 
 from __future__ import annotations
@@ -120,7 +120,6 @@ class Windows:
 
     starts: np.ndarray
     lengths: np.ndarray
-    stride: int
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -141,7 +140,7 @@ def windows(data: Dataset, samples: np.ndarray, length: int, overlap: int = 0) -
         for start in range(begin, end, stride):
             starts.append(start)
             lengths.append(min(length, end - start))
-    return Windows(np.array(starts, np.int64), np.array(lengths, np.int64), stride)
+    return Windows(np.array(starts, np.int64), np.array(lengths, np.int64))
 
 
 def window_of(spans: Windows, rows: np.ndarray) -> np.ndarray:

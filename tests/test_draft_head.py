@@ -16,6 +16,7 @@ from lsp_server.drafthead.head import (
     load_draft_head,
     save_draft_head,
     score_rows,
+    unrolled_mask,
 )
 from lsp_server.drafthead.train import (
     accuracy,
@@ -27,7 +28,6 @@ from lsp_server.drafthead.train import (
     pair_copies,
     pairs,
     train_draft_head,
-    unrolled_mask,
     window_of,
     windows,
 )
@@ -319,7 +319,8 @@ def test_unrolled_mask_shows_a_guess_the_true_past_and_its_own_path():
     assert third[3].tolist() == [1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # true 0..1, step 2's guess at 2, itself
 
 
-def test_drafting_reads_the_context_as_training_does(tiny_loaded):
+@pytest.mark.parametrize("context", [0, 4])
+def test_drafting_reads_the_context_as_training_does(tiny_loaded, context):
     """The proposer, fed positions a few at a time and keeping only the last ``context``, guesses
     what the training form computes on the same window, on the first level and the second."""
     from lsp_server.drafthead.train import _Batches
@@ -327,7 +328,7 @@ def test_drafting_reads_the_context_as_training_does(tiny_loaded):
 
     hidden = int(tiny_loaded.model.config.hidden_size)
     vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 5))
-    context, length = 4, 7
+    length = 7
     head = _random_head(hidden, vocab, seed=5, context=context)
     embedding, lm_head = tiny_loaded.model.get_input_embeddings(), tiny_loaded.model.get_output_embeddings()
     proposer = HeadProposer(head, embedding, lm_head)
@@ -340,7 +341,7 @@ def test_drafting_reads_the_context_as_training_does(tiny_loaded):
     first = [node for node in nodes if len(node.path) == 1]
     guess = max(first, key=lambda node: node.conditional).path[0]
     # The training form on the last ``context`` positions, the guess fed after the last one read.
-    rows = list(range(length - 1 - context, length))
+    rows = list(range(length - 1 - max(context, 1), length))
     window = tokens[:length - 1] + [guess]
     data = Dataset(states.numpy().astype(np.float16), np.zeros(length, np.uint8), np.array(window, np.int32),
                    np.zeros(length, np.int32), np.array(["python"]), np.array(["r"]), np.array(["file"]), [{}])

@@ -169,14 +169,15 @@ def _train(args: argparse.Namespace) -> int:
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "context": args.context, "repeat": sorted(args.repeat),
+                "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "context": args.context,
+                "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])}),
                 "repos": sorted(set(repos[masks["train"]].tolist())),
                 "excluded_repos": sorted(repository_names(args.exclude_repo))}
     out = args.out or head_path_for(loaded.name)
-    save_draft_head(out, head, DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, args.context,
-                                                   training))
+    info = DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, args.context, training)
+    save_draft_head(out, head, info)
     return emit_report({"head": str(out), **training, "seconds": round(time.perf_counter() - started, 1)},
                        args.report)

@@ -142,15 +142,46 @@ class DraftHead(torch.nn.Module):
         fused = fused + self.down(torch.nn.functional.silu(self.up(self.mlp_norm(fused))))
         return hidden + fused
 
-    def forward(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        """Windows [batch, T, hidden] of consecutive true positions, each attending to itself and
-        the positions before it (the first step of training)."""
-        fused = self.fuse(hidden, embedded)
-        if not self.context:
-            return self.finish(hidden, fused, None)
-        query, key, value = self.project(fused, torch.arange(fused.shape[-2], device=fused.device))
-        return self.finish(hidden, fused, torch.nn.functional.scaled_dot_product_attention(query, key, value,
-                                                                                          is_causal=True))
+    def forward(self, hidden: torch.Tensor, embedded: torch.Tensor, depth: int = 1) -> list[torch.Tensor]:
+        """Predicted states [batch, T, hidden] for steps 1..depth of windows of consecutive true
+        positions (the training form).
+
+        Step one reads the true states.  Step ``k`` at position ``i`` starts from the state step
+        ``k - 1`` predicted at ``i - 1`` (and the token really fed at ``i``), as drafting does
+        once the head's earlier guesses were right; its attention sees what drafting sees: the
+        true positions up to ``i - k + 1``, then the keys of the earlier steps' guesses on its
+        own path (``unrolled_mask``).
+        """
+        length = hidden.shape[-2]
+        positions = torch.arange(length, device=hidden.device)
+        states: list[torch.Tensor] = []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        previous = hidden
+        for step in range(1, depth + 1):
+            if states:
+                previous = torch.cat([states[-1][:, :1], states[-1][:, :-1]], dim=1)
+            fused = self.fuse(previous, embedded)
+            attended = None
+            if self.context:
+                query, key, value = self.project(fused, positions)
+                keys.append(key)
+                values.append(value)
+                attended = torch.nn.functional.scaled_dot_product_attention(
+                    query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2),
+                    attn_mask=unrolled_mask(length, step).to(hidden.device))
+            states.append(self.finish(previous, fused, attended))
+        return states
+
+
+def unrolled_mask(length: int, step: int) -> torch.Tensor:
+    """[length, step * length]: which keys step ``step`` at position ``i`` may attend to, the keys
+    laid out as [true; step 2's; ...; this step's]: true positions up to ``i - step + 1`` and,
+    of step ``s``'s keys, the one at ``i - (step - s)`` (the guess before it on its path).
+    Step one is plain causal attention."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None]
+    return torch.cat([j <= i - step + 1] + [j == i - (step - s) for s in range(2, step + 1)], dim=1)
 
 
 @torch.no_grad()

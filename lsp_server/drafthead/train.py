@@ -165,7 +165,8 @@ class _Batches:
         follows[:-1] = index[:-1] == index[1:]
         nxt = np.where(follows, np.r_[labels[1:], 0], 0)
         self.targets = torch.where(torch.from_numpy(follows), position[torch.from_numpy(nxt)], -1)
-        """Per row: the position in the head's vocabulary of the model's pick at the next row (-1: none, or outside it)."""
+        """Per row: the position in the head's vocabulary of the model's pick at the next row
+        (-1: no next row, or a pick outside the vocabulary)."""
 
     def window_rows(self, spans: Windows, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[len(chosen), T] row indices (a short window repeats its last row) and which are real."""
@@ -176,47 +177,9 @@ class _Batches:
         return rows, real
 
     def unroll(self, head: DraftHead, rows: torch.Tensor, depth: int) -> list[torch.Tensor]:
-        """Predicted states [B, T, hidden] for steps 1..depth of every position of the windows.
-
-        Step one reads the true states.  Step ``k`` at position ``i`` starts from the state step
-        ``k - 1`` predicted at ``i - 1`` (and the token really fed at ``i``), as drafting does
-        once the head's earlier guesses were right; its attention sees what drafting sees: the
-        true positions up to ``i - k + 1``, then the keys of the earlier steps' guesses on its own
-        path (``unrolled_mask``).
-        """
-        hidden, embedded = self.features[rows].float(), self.embed[self.tokens[rows]].float()
-        fused = head.fuse(hidden, embedded)
-        if not head.context:
-            states = [head.finish(hidden, fused, None)]
-            for _ in range(1, depth):
-                previous = torch.cat([states[-1][:, :1], states[-1][:, :-1]], dim=1)
-                states.append(head.finish(previous, head.fuse(previous, embedded), None))
-            return states
-        positions = torch.arange(rows.shape[1])
-        query, key, value = head.project(fused, positions)
-        keys, values = [key], [value]
-        states = [head.finish(hidden, fused, torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=True))]
-        for step in range(2, depth + 1):
-            previous = torch.cat([states[-1][:, :1], states[-1][:, :-1]], dim=1)
-            fused = head.fuse(previous, embedded)
-            query, key, value = head.project(fused, positions)
-            keys.append(key)
-            values.append(value)
-            attended = torch.nn.functional.scaled_dot_product_attention(
-                query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2),
-                attn_mask=unrolled_mask(rows.shape[1], step))
-            states.append(head.finish(previous, fused, attended))
-        return states
-
-
-def unrolled_mask(length: int, step: int) -> torch.Tensor:
-    """[length, step * length]: which keys step ``step`` at position ``i`` may attend to, the keys
-    laid out as [true; step 2's; ...; this step's]: true positions up to ``i - step + 1`` and,
-    of step ``s``'s keys, the one at ``i - (step - s)`` (the guess before it on its path)."""
-    i = torch.arange(length)[:, None]
-    j = torch.arange(length)[None]
-    return torch.cat([j <= i - step + 1] + [j == i - (step - s) for s in range(2, step + 1)], dim=1)
+        """The head's predicted states [B, T, hidden] for steps 1..depth at every position of
+        the windows ``rows`` (``DraftHead.forward``)."""
+        return head(self.features[rows].float(), self.embed[self.tokens[rows]].float(), depth)
 
 
 def accuracy(head: DraftHead, batches: _Batches, data: Dataset, test: Pairs, context: int,

@@ -5,7 +5,7 @@ state, then, unrolled on the states it predicts itself, the tokens after that: a
 tree of guesses.  Its attention reads the positions before (``extend`` adds the true
 states and tokens after every pass; their keys and values are computed once and kept for
 the last ``context`` positions), and a guess below the first level also reads the guesses
-above it on its own path, as in training (``drafthead.train.unrolled_mask``).  Token
+above it on its own path, as in training (``drafthead.head.unrolled_mask``).  Token
 Recycling's adjacency continues its deepest guesses.  The head runs in the model's dtype
 with the model's own embedding and LM-head rows (recovered once at load), so it adds no
 weights beyond its small block; on a CPU its layers are packed for oneDNN like the

@@ -225,10 +225,10 @@ class _Successors:
         self.next_of = dict(itertools.pairwise(output))
         self.asked: list[int] = []
 
-    def reset(self) -> None:
+    def begin(self, prompt) -> None:
         self.last: int | None = None
 
-    def extend(self, states, tokens) -> None:
+    def extend(self, states, tokens, start=None) -> None:
         assert len(states) == len(tokens)
         self.last = tokens[-1]
 
@@ -289,8 +289,8 @@ def test_guesses_below_the_first_level_come_from_the_most_frequent_tokens(tiny_l
                             tiny_loaded.model.get_output_embeddings())
     for seed in range(5):
         torch.manual_seed(seed)
-        proposer.reset()
-        proposer.extend(torch.randn(1, hidden), [11])
+        proposer.begin([3, 11])
+        proposer.extend(torch.randn(1, hidden), [11], 1)
         nodes = proposer.tree()
         assert all(node.path[-1] in vocab[:20] for node in nodes if len(node.path) > 1)
         assert all(node.path[-1] in vocab for node in nodes)
@@ -356,3 +356,87 @@ def test_drafting_reads_the_context_as_training_does(tiny_loaded, context):
     assert sorted((n.conditional for n in first), reverse=True) == pytest.approx(best(step_one[0, -2], 4), abs=1e-5)
     below = sorted((n.conditional for n in nodes if n.path[:1] == (guess,) and len(n.path) == 2), reverse=True)
     assert below == pytest.approx(best(step_two[0, -1], 2), abs=1e-5)
+
+
+def _prefix_states(table: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """Stand-in model states: row t depends on the tokens up to t alone, as a causal model's do."""
+    return table[tokens].cumsum(0) / torch.arange(1, len(tokens) + 1)[:, None]
+
+
+def _read_fresh(proposer: HeadProposer, table: torch.Tensor, prompt: list[int]) -> None:
+    """What a request with nothing reused reads: the prompt's pass feeds every prompt token."""
+    proposer.reset()
+    proposer.begin(prompt)
+    proposer.extend(_prefix_states(table, prompt)[:-1], prompt[1:], 1)
+
+
+def _levels(nodes: list[HeadNode]) -> list[list[float]]:
+    return [sorted(node.conditional for node in nodes if len(node.path) == depth) for depth in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(("edit_at", "typed"), [(15, [6, 1, 2]), (22, [6, 1, 2]), (22, [])])
+def test_a_new_request_keeps_what_the_head_read_of_the_prefix_it_shares(tiny_loaded, edit_at, typed):
+    """Typing reuses the model's cache of the unchanged prefix and feeds only what follows it; the
+    head reads as much as if it had read the new prompt from the start.  Accepting part of the
+    last request's output lets the head draft on the prompt's own pass."""
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    vocab_size = int(tiny_loaded.model.config.vocab_size)
+    vocab = list(range(0, vocab_size, 5))
+    embedding, lm_head = tiny_loaded.model.get_input_embeddings(), tiny_loaded.model.get_output_embeddings()
+    proposer = HeadProposer(_random_head(hidden, vocab, seed=7, context=8), embedding, lm_head)
+    torch.manual_seed(2)
+    table = torch.randn(vocab_size, hidden)
+    first = torch.randint(0, vocab_size, (20,)).tolist()
+    _read_fresh(proposer, table, first)
+    generated = [4, 9, 13]  # the first pass's accepted tokens, then more passes' tokens
+    states = _prefix_states(table, first + generated)
+    proposer.extend(states[19:22], generated, 20)
+    assert proposer.held == 16  # twice the context
+    second = (first + generated)[:edit_at] + typed  # typed: nothing when accepting part of the output
+    reused = min(edit_at, len(second) - 1)  # what the model's cache keeps (kv_reuse)
+    proposer.begin(second)
+    # The head drafts on the prompt's pass exactly when it has read the prompt's last position.
+    assert bool(proposer.tree()) == (len(second) - reused == 1)
+    proposer.extend(_prefix_states(table, second)[reused:-1], second[reused + 1:], reused + 1)
+    fresh = HeadProposer(proposer.head, embedding, lm_head)
+    _read_fresh(fresh, table, second)
+    assert proposer.held >= 8 and fresh.held >= 8
+    kept, read = proposer.tree(), fresh.tree()
+    assert [node.path for node in kept] == [node.path for node in read]
+    for ours, theirs in zip(_levels(kept), _levels(read)):
+        assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+def test_positions_never_read_are_not_taken_for_the_prompts(tiny_loaded):
+    """A read that skips positions forgets what it had: their tokens are unknown."""
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 5))
+    proposer = HeadProposer(_random_head(hidden, vocab, context=8), tiny_loaded.model.get_input_embeddings(),
+                            tiny_loaded.model.get_output_embeddings())
+    proposer.begin([1, 2, 3])
+    proposer.extend(torch.randn(2, hidden), [2, 3], 1)
+    proposer.extend(torch.randn(2, hidden), [8, 9], 6)
+    assert proposer.held == 2 and proposer.tree()
+    proposer.begin([1, 2, 3, 5, 5, 5, 8, 9, 10])
+    assert proposer.held == 0 and not proposer.tree()
+
+
+def test_typing_into_the_last_completion_keeps_the_heads_context(tiny_loaded):
+    """In the editor: the user types into what was just completed; the model reuses its cache of
+    the unchanged prefix and the head keeps its reading of it, and the output is still greedy's."""
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    prompts = PromptBuilder(tiny_loaded.tokenizer)
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, prompts.stop_ids, reuse_kv=True)
+    plain = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, prompts.stop_ids, reuse_kv=False)
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 7))
+    drafter = build_drafter(tiny_loaded, decoder, prompts, DrafterConfig(fixed_nodes=8))
+    drafter.head = HeadProposer(_random_head(hidden, vocab, seed=4, context=8),
+                                tiny_loaded.model.get_input_embeddings(), tiny_loaded.model.get_output_embeddings())
+    before = "import os\n\ndef total(values):\n    result = 0\n    for value in values:\n        result += "
+    first = decoder.generate(prompts.build(before, "", 256).ids, 8, drafter=drafter)
+    prompt = prompts.build(before + first.text[:3] + "1", "", 256).ids
+    second = decoder.generate(prompt, 3, drafter=drafter)
+    assert second.token_ids == plain.generate(prompt, 3).token_ids
+    fed = len(prompt) - second.reused_prompt_tokens
+    assert second.reused_prompt_tokens > 0 and fed + len(second.token_ids) + 3 < 16
+    assert drafter.head.held == 16  # as many as reading the whole prompt fresh would keep

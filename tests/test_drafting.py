@@ -211,10 +211,10 @@ class _ContinuesAfterFive:
 class _GuessesFive:
     name = "head"
 
-    def reset(self) -> None:
+    def begin(self, prompt) -> None:
         pass
 
-    def extend(self, states, tokens) -> None:
+    def extend(self, states, tokens, start=None) -> None:
         pass
 
     def tree(self):

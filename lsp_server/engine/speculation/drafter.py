@@ -233,7 +233,7 @@ class SpeculativeDrafter:
         self._request_source = self.per_request(after) if self.per_request is not None else None
         self._follows = []
         if self.head is not None:
-            self.head.reset()
+            self.head.begin(prompt)
 
     def _document_order(self, tokens: Sequence[int]) -> list[int]:
         """The context as the file reads: text before the cursor, then what was generated.
@@ -423,7 +423,7 @@ class SpeculativeDrafter:
         on being right (both against the head's own mean confidence in those guesses).
         """
         nodes = self.head.tree()  # type: ignore[union-attr]
-        if not nodes:  # nothing read yet: the prompt's pass
+        if not nodes:  # the prompt's end not read yet: its own pass, unless the last request read it
             return []
         key = (HeadProposer.name, 0)
         first_rate, deep_rate = self._rates(key)
@@ -476,8 +476,8 @@ class SpeculativeDrafter:
         if self.head is not None:
             fed = verified.fed_states
             if fed is not None and len(fed):  # the pending tokens after the first, as fed
-                self.head.extend(fed, tokens[len(tokens) - len(fed):])
-            self.head.extend(verified.hidden, verified.accepted)
+                self.head.extend(fed, tokens[len(tokens) - len(fed):], len(tokens) - len(fed))
+            self.head.extend(verified.hidden, verified.accepted, len(tokens))
             if self._head_top is not None:
                 first, second = self._head_top
                 self._head_confidence[0].update(first)

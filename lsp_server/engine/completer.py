@@ -56,7 +56,8 @@ def build_drafter(
     if config.use_head:
         found, head_status = find_draft_head(loaded.name, int(loaded.model.config.hidden_size), loaded.tokenizer)
         if found is not None:
-            head = HeadProposer(found, loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings())
+            head = HeadProposer(found, loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings(),
+                                int8=config.int8_head)
         log.info("%s", head_status)
     model_draft = None
     if config.use_model_draft and HalfPrecisionDraft.worth_it(loaded):

@@ -145,6 +145,8 @@ class DrafterConfig:
     use_recycling: bool = True
     timing_control: bool = True
     use_head: bool = True
+    int8_head: bool = True
+    """On a CPU, the draft head's weights are int8 (``engine.int8_linear``)."""
     head_lookahead: bool = True
     """Ask the sources again after the head's top guess when none of them offered it."""
     recalibrate: bool = True

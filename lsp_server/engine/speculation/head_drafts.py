@@ -11,11 +11,13 @@ Recycling's adjacency continues its deepest guesses.  The head runs in the model
 with the model's own embedding and LM-head rows (recovered once at load), so it adds no
 weights beyond its small block; on a CPU its layers are packed for oneDNN like the
 model's (``engine.linear``): a one-row product on an unpacked bf16 weight reorders the
-whole weight on every call.
+whole weight on every call.  Better still, its weights are int8 there (``engine.int8_linear``):
+its guesses need not be exact, and reading its weights is most of its time.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -23,6 +25,7 @@ import torch
 
 from ...drafthead import DRAFT_LEVELS
 from ...drafthead.head import DraftHead, score_rows
+from ..int8_linear import quantize_linears
 from ..kv_reuse import common_prefix_length
 from ..linear import install_row_invariant
 
@@ -62,20 +65,24 @@ class HeadProposer:
     name = "head"
 
     def __init__(self, head: DraftHead, embedding: torch.nn.Module, lm_head: torch.nn.Module,
-                 breadth: tuple[int, ...] = (4,) + (2,) * (DRAFT_LEVELS - 1), expand: int = 2) -> None:
+                 breadth: tuple[int, ...] = (4,) + (2,) * (DRAFT_LEVELS - 1), expand: int = 2,
+                 int8: bool = True) -> None:
+        """``int8``: on a CPU, the head's layers and score rows keep int8 weights (``engine.int8_linear``)."""
         weight = embedding.weight
         self.embedding = weight
-        rows = score_rows(lm_head, head.vocab, head.hidden_size)
-        self.scores = self._scoring(rows.to(weight.dtype))
-        # A head that knows no more tokens than that scores every level with the same layer.
-        self.deep_scores = self.scores if len(rows) <= DEEP_VOCAB else self._scoring(
-            rows[:DEEP_VOCAB].to(weight.dtype))
-        self.head = head.to(device=weight.device, dtype=weight.dtype)
+        rows = score_rows(lm_head, head.vocab, head.hidden_size).to(weight.dtype)
+        self.head = copy.deepcopy(head).to(device=weight.device, dtype=weight.dtype)  # the caller's stays as it is
         self.vocab: list[int] = head.vocab.tolist()
         self.breadth = breadth
         self.expand = expand
+        # A head that knows no more tokens than that scores every level with the same layer.
+        layers = torch.nn.ModuleList([self.head, self._scoring(rows)] + (
+            [self._scoring(rows[:DEEP_VOCAB])] if len(rows) > DEEP_VOCAB else []))
         if weight.device.type == "cpu":
-            install_row_invariant(torch.nn.ModuleList([self.head, self.scores, self.deep_scores]))  # modules() dedupes
+            if int8:
+                quantize_linears(layers)
+            install_row_invariant(layers)  # what int8 left
+        self.scores, self.deep_scores = layers[1], layers[-1]
         self.reset()
 
     @staticmethod

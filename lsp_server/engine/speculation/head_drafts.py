@@ -99,12 +99,10 @@ class HeadProposer:
         self._ids: list[int] = []
         """The tokens at positions 0, 1, ... up to the last one read; ``UNKNOWN`` where never told."""
         self._states: torch.Tensor | None = None
-        """[held, hidden]: for each held position, the state its token was chosen from."""
+        """[held, hidden]: for each of the last positions kept (``RETAIN`` times the context; the
+        attention reads the last ``context``), the state its token was chosen from."""
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
-        self._held = 0
-        """How many of the last positions have their state, keys and values kept (the attention
-        reads the last ``context`` of them)."""
         self._root: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def begin(self, prompt: Sequence[int]) -> None:
@@ -133,7 +131,7 @@ class HeadProposer:
     @property
     def held(self) -> int:
         """How many of the last positions read are kept."""
-        return self._held
+        return 0 if self._states is None else len(self._states)
 
     def _seen(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of the positions the attention reads: the last ``context`` held."""
@@ -142,8 +140,8 @@ class HeadProposer:
 
     def _state_at(self, position: int) -> torch.Tensor | None:
         """The kept state the token at ``position`` was chosen from, [1, hidden], if held."""
-        index = position - (len(self._ids) - self._held)
-        if self._states is None or not 0 <= index < self._held:
+        index = position - (len(self._ids) - self.held)
+        if self._states is None or not 0 <= index < self.held:
             return None
         return self._states[index : index + 1]
 
@@ -153,13 +151,13 @@ class HeadProposer:
         if drop <= 0:
             return
         self._ids = self._ids[:length]
-        self._held = max(self._held - drop, 0)
-        if self._held == 0:
+        kept = self.held - drop
+        if kept <= 0:
             self._states = self._keys = self._values = None
         else:
-            self._states = self._states[: self._held]  # type: ignore[index]
+            self._states = self._states[:kept]  # type: ignore[index]
             if self._keys is not None:
-                self._keys, self._values = self._keys[:, : self._held], self._values[:, : self._held]  # type: ignore[index]
+                self._keys, self._values = self._keys[:, :kept], self._values[:, :kept]  # type: ignore[index]
         self._root = None
 
     @torch.inference_mode()
@@ -188,7 +186,6 @@ class HeadProposer:
             self._values = value if self._values is None else torch.cat([self._values, value], dim=-2)[:, -keep:]
             query = query[:, -1:]
         self._states = states if self._states is None else torch.cat([self._states, states])[-keep:]
-        self._held = len(self._states)
         self._root = (states[-1:], fused[-1:], query)
 
     def _attend_path(self, fused: torch.Tensor, level: int, paths: list[tuple[torch.Tensor, torch.Tensor]]

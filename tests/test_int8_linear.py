@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lsp_server.engine import int8_linear
 from lsp_server.engine.int8_linear import Int8Linear, quantize_linears
 
 
@@ -25,3 +26,10 @@ def test_only_aligned_cpu_layers_are_replaced():
     assert [type(layer).__name__ for layer in model] == ["Int8Linear", "ReLU", "Int8Linear", "Linear"]
     assert model(torch.randn(4, 64)).shape == (4, 7)
     assert quantize_linears(model) == 0  # nothing left to replace
+
+
+def test_a_build_without_the_kernel_keeps_float_layers(monkeypatch):
+    assert int8_linear.kernel_available()  # this project's pinned torch has it
+    monkeypatch.setattr(int8_linear, "kernel_available", lambda: False)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    assert quantize_linears(model) == 0 and type(model[0]) is torch.nn.Linear

@@ -11,10 +11,12 @@ packed bf16 product (``engine.linear``).
 The kernel is PyTorch's weight-only int8 product (``aten._weight_int8pack_mm``, what
 torchao's int8 weight-only quantization calls).  It is a CPU kernel, and this build
 crashed on an inner dimension that is not a multiple of 8, so such layers are left as they
-are (``quantize_linears``).
+are, and so are all where the build lacks the kernel (``quantize_linears``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -42,9 +44,22 @@ class Int8Linear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+@functools.cache
+def kernel_available() -> bool:
+    """Whether this PyTorch build has the int8 kernel and it computes a small product right
+    (it is a private op: another build may lack it)."""
+    try:
+        weight = torch.tensor([[1] * 8, [-1, 2] * 4], dtype=torch.int8)
+        out = torch.ops.aten._weight_int8pack_mm(torch.ones(1, 8), weight, torch.tensor([1.0, 0.5]))
+        return bool(torch.equal(out, torch.tensor([[8.0, 2.0]])))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def quantizable(linear: torch.nn.Linear) -> bool:
-    """Whether ``linear`` can take int8 weights here: a CPU layer with an aligned inner dimension."""
-    return linear.weight.device.type == "cpu" and linear.in_features % ALIGNMENT == 0
+    """Whether ``linear`` can take int8 weights here: a CPU layer with an aligned inner dimension,
+    and the kernel in this build."""
+    return linear.weight.device.type == "cpu" and linear.in_features % ALIGNMENT == 0 and kernel_available()
 
 
 def quantize_linears(module: torch.nn.Module) -> int:

@@ -444,6 +444,55 @@ def test_typing_into_the_last_completion_keeps_the_heads_context(tiny_loaded):
     assert drafter.head.held >= len(prompt) - 1  # every prompt position, as reading it fresh would
 
 
+class _Reader:
+    """A stand-in head that records which token it was told stands at each position."""
+
+    name = "head"
+
+    def begin(self, prompt) -> None:
+        self.read: dict[int, int] = dict(enumerate(prompt))  # a fresh head is told the prompt's tokens
+
+    def extend(self, states, tokens, start=None) -> None:
+        assert len(states) == len(tokens) and start is not None
+        self.read.update(enumerate(tokens, start))
+
+    def tree(self):
+        return []
+
+
+def test_the_head_reads_a_fim_prompt_as_the_file_reads(tiny_loaded):
+    """The text before the cursor, then the output: not the suffix and sentinels between them,
+    which a long suffix would otherwise make the whole of the head's context."""
+    prompts = PromptBuilder(tiny_loaded.tokenizer)
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, prompts.stop_ids, reuse_kv=False)
+    drafter = build_drafter(tiny_loaded, decoder, prompts, DrafterConfig(fixed_nodes=4))
+    drafter.head = _Reader()
+    prompt = prompts.build("def area(width, height):\n    return ", "\n\nprint(area(2, 3))\n", 256).ids
+    out = decoder.generate(prompt, 12, drafter=drafter)
+    before, after = prompts.split(prompt)
+    assert after and len(out.token_ids) > 2
+    read = [drafter.head.read[position] for position in range(len(drafter.head.read))]
+    assert read == [prompt[0], *before, *out.token_ids[:len(read) - 1 - len(before)]]
+    assert len(read) >= len(before) + len(out.token_ids)
+
+
+def test_accepting_part_of_a_fim_completion_lets_the_head_draft_on_the_prompts_pass(tiny_loaded):
+    """The next prompt's text before the cursor is the last one's plus output the head has read."""
+    hidden = int(tiny_loaded.model.config.hidden_size)
+    prompts = PromptBuilder(tiny_loaded.tokenizer)
+    decoder = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, prompts.stop_ids, reuse_kv=True)
+    drafter = build_drafter(tiny_loaded, decoder, prompts, DrafterConfig(fixed_nodes=4))
+    vocab = list(range(0, int(tiny_loaded.model.config.vocab_size), 7))
+    drafter.head = HeadProposer(_random_head(hidden, vocab, seed=3, context=16),
+                                tiny_loaded.model.get_input_embeddings(), tiny_loaded.model.get_output_embeddings())
+    prompt = prompts.build("def area(width, height):\n    return ", "\n\nprint(area(2, 3))\n", 256).ids
+    out = decoder.generate(prompt, 8, drafter=drafter)
+    before, after = prompts.split(prompt)
+    pre, suf, mid = prompts.fim_ids
+    drafter.begin([pre, *before, *out.token_ids[:3], suf, *after, mid])
+    assert drafter.head.tree()
+
+
 def test_int8_weights_keep_the_heads_guesses(tiny_loaded):
     """The head's int8 weights (the default on a CPU) change its probabilities a little and its
     ranking of guesses hardly at all; the head it was given is left as it was."""

@@ -6,7 +6,7 @@
   of the task's language (HumanEval's for Python, MultiPL-E's for the others) and ignores
   ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
-  component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``bf16head``, ``nolookahead``,
+  component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``bf16head``, ``seqhead``, ``nolookahead``,
   ``norecalibrate``, ``noprompttree``, ``fixed16``...).
 - ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
   drafts the true next tokens as one chain, as many as this device's verify-cost curve
@@ -203,6 +203,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "notiming": {"timing_control": False},
     "nohead": {"use_head": False},
     "bf16head": {"int8_head": False},
+    "seqhead": {"head_document_order": False},
     "nomodel": {"use_model_draft": False},
     "nolookahead": {"head_lookahead": False},
     "norecalibrate": {"recalibrate": False},

@@ -147,6 +147,9 @@ class DrafterConfig:
     use_head: bool = True
     int8_head: bool = True
     """On a CPU, the draft head's weights are int8 (``engine.int8_linear``)."""
+    head_document_order: bool = True
+    """The head reads a FIM prompt as the file reads: the text before the cursor, then the
+    output (``SpeculativeDrafter._head_position``); off, in the model's order, suffix included."""
     head_lookahead: bool = True
     """Ask the sources again after the head's top guess when none of them offered it."""
     recalibrate: bool = True
@@ -200,6 +203,8 @@ class SpeculativeDrafter:
         self._sources: list[RetrievalSource] = []
         self._before: list[int] = []
         self._prompt_length = 0
+        self._head_cut = 0
+        """How many of the prompt's first positions the draft head reads (``_head_position``)."""
         self.head = head if self.config.use_head else None
         self.head_status = "draft head on" if self.head is not None else "draft head off"
         """A line for ``swiftguard.status``; the engine's builder says which head or why none."""
@@ -234,8 +239,26 @@ class SpeculativeDrafter:
         self._prompt_length = len(prompt)
         self._request_source = self.per_request(after) if self.per_request is not None else None
         self._follows = []
+        # A FIM prompt's text before the cursor is its first tokens after one sentinel (``split``).
+        self._head_cut = min(len(prompt), 1 + len(self._before)) if self.config.head_document_order else len(prompt)
         if self.head is not None:
-            self.head.begin(prompt)
+            self.head.begin(prompt[: self._head_cut])
+
+    def _head_position(self, position: int) -> int | None:
+        """Where a position of the model's sequence stands in the head's, which reads a FIM
+        prompt in document order: the text before the cursor, then the output, without the
+        suffix and sentinels between them (None for those).
+
+        The head trained on plain code (files, and outputs of prompts without a suffix), so
+        its attention should read the positions that lead to the cursor, not the suffix's
+        end, which fills its whole context with a long suffix.  The state of the output's
+        first token (the last sentinel's) stands where the last prefix position's state would.
+        """
+        if position < self._head_cut:
+            return position
+        if position < self._prompt_length:
+            return None
+        return position - (self._prompt_length - self._head_cut)
 
     def _document_order(self, tokens: Sequence[int]) -> list[int]:
         """The context as the file reads: text before the cursor, then what was generated.
@@ -478,8 +501,13 @@ class SpeculativeDrafter:
         if self.head is not None:
             fed = verified.fed_states
             if fed is not None and len(fed):  # the pending tokens after the first, as fed
-                self.head.extend(fed, tokens[len(tokens) - len(fed):], len(tokens) - len(fed))
-            self.head.extend(verified.hidden, verified.accepted, len(tokens))
+                start = len(tokens) - len(fed)
+                for first, end in ((start, min(len(tokens), self._head_cut)),
+                                   (max(start, self._prompt_length), len(tokens))):
+                    if first < end:
+                        self.head.extend(fed[first - start : end - start], tokens[first:end],
+                                         self._head_position(first))
+            self.head.extend(verified.hidden, verified.accepted, self._head_position(len(tokens)))
             if self._head_top is not None:
                 first, second = self._head_top
                 self._head_confidence[0].update(first)

@@ -88,6 +88,19 @@ def _parser() -> argparse.ArgumentParser:
                             "(slow; its time is left out of the timings)")
     _add_model_options(bench)
 
+    replay = commands.add_parser("replay", help="replay typing real functions line by line: plain decoding vs "
+                                                "this engine, request by request, with KV reuse")
+    replay.add_argument("--workspace", type=Path, required=True, help="sample functions from this repository")
+    replay.add_argument("--tasks", type=int, default=8)
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--lines", type=int, default=4, help="requests per function: before its first line, after each typed line")
+    replay.add_argument("--max-new-tokens", type=int, default=Settings().max_new_tokens)
+    replay.add_argument("--methods", default="plain,swift", help="comma list: plain, swift, swift-<ablation>")
+    replay.add_argument("--stop", choices=("none", "syntax", "genguard"), default="none")
+    _add_prompt_options(replay)
+    replay.add_argument("--json", type=Path, help="write the report here")
+    _add_model_options(replay)
+
     add_index_parser(commands)
     add_genguard_parser(commands)
     add_drafthead_parser(commands)
@@ -184,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import speed
 
         return speed.main(args)
+    if args.command == "replay":
+        from .bench import replay
+
+        return replay.main(args)
     if args.command == "latency":
         from .bench import latency
 

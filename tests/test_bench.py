@@ -16,7 +16,8 @@ from lsp_server.engine.prompt import PromptBuilder
 from lsp_server.stop_rule import StopDecision
 
 
-def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
+def _shapes_repo(tmp_path):
+    """A workspace with one Python file of two functions whose bodies have three lines each."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "shapes.py").write_text(
@@ -24,6 +25,11 @@ def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
         "    checked = max(product, 0)\n    return checked\n\n\n"
         "def perimeter(width, height):\n    total = width + height\n    doubled = 2 * total\n    return doubled\n"
     )
+    return repo
+
+
+def test_bench_workspace_report_follows_the_contract(tmp_path, tiny_model_dir):
+    repo = _shapes_repo(tmp_path)
     (repo / "shapes.js").write_text(
         "function volume(w, h, d) {\n  const base = w * h;\n  const total = base * d;\n  return total;\n}\n"
     )
@@ -143,3 +149,38 @@ def test_only_methods_that_draft_with_the_copy_make_the_load_keep_its_weights():
     assert swift_ablation("swift") == "" and swift_ablation("swift-nohead") == "nohead" and swift_ablation("ar") is None
     assert uses_model_draft("swift") and uses_model_draft("swift-nocache")
     assert not any(map(uses_model_draft, ["swift-nomodel", "ar", "pld", "ceiling", "swift-bogus"]))
+
+
+def test_replay_types_each_function_and_reuses_the_prefix(tmp_path, tiny_model_dir):
+    """`swiftguard replay`: requests while typing, every method reusing its cache; fp32: same output."""
+    repo = _shapes_repo(tmp_path)
+    report_path = tmp_path / "replay.json"
+    subprocess.run(
+        [sys.executable, "-m", "lsp_server", "--log-level", "warning", "replay", "--workspace", str(repo),
+         "--tasks", "2", "--lines", "3", "--max-new-tokens", "10", "--model", str(tiny_model_dir), "--dtype", "float32",
+         "--methods", "plain,swift,swift-nohead", "--json", str(report_path)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads(report_path.read_text())
+    assert report["tasks"] == 2 and report["requests"] == 6  # both bodies have three lines
+    requests = report["details"]["per_request"]
+    assert [row["line"] for row in requests] == [0, 1, 2, 0, 1, 2]
+    for name in ("plain", "swift", "swift-nohead"):
+        method = report["methods"][name]
+        assert method["requests"] == 6 and method["new_tokens"] == 60
+        # After the first request of a function, the prompt's start is kept from the one before.
+        assert all(row[name]["reused"] > 0 for row in requests if row["line"])
+        assert 0 < method["reused_prompt_share"] < 1
+    assert report["methods"]["plain"]["identical_to_plain"] is None
+    assert report["methods"]["swift"]["identical_to_plain"] == 1.0
+    assert report["methods"]["swift-nohead"]["identical_to_plain"] == 1.0
+    assert report["methods"]["swift"]["speedup_over_plain"] > 0
+
+
+def test_replay_types_the_body_a_line_at_a_time_with_the_next_indentation():
+    from lsp_server.bench.replay import typed_states
+    from lsp_server.bench.tasks import Task
+
+    task = Task("t", "def f(x):\n    ", "\n", reference="if x:\n        return 1\n    return 2")
+    assert typed_states(task, 5) == ["", "if x:\n        ", "if x:\n        return 1\n    "]
+    assert typed_states(task, 1) == [""]

@@ -50,6 +50,8 @@ class MethodRun:
     token_ids: list[int] = field(default_factory=list)
     first_token_seconds: float = 0.0
     """Time to the first new token: the prompt's prefill, the same work for every method."""
+    reused_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values a decoder kept from its last request (``kv_reuse``)."""
 
 
 class _RuleCriteria(StoppingCriteria):
@@ -238,15 +240,29 @@ def _run_decoder(decoder: Decoder, drafter: Any, prompt: Sequence[int], max_new_
     out = decoder.generate(prompt, max_new_tokens, rule, None, drafter, language)
     checked = check.calls[calls_before:] if check is not None else []
     return MethodRun(out.text, len(out.token_ids), out.seconds - sum(checked), out.forward_passes,
-                     out.accepted_per_pass, out.token_ids, out.time_to_first_token - sum(checked[:1]))
+                     out.accepted_per_pass, out.token_ids, out.time_to_first_token - sum(checked[:1]),
+                     out.reused_prompt_tokens)
+
+
+class PlainMethod:
+    """This engine's decoder without drafts: what a user gets with speculation off."""
+
+    def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], reuse_kv: bool = False) -> None:
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=reuse_kv)
+
+    def run(self, prompt: Sequence[int], max_new_tokens: int, rule: StopRule | None,
+            language: str = "python") -> MethodRun:
+        return _run_decoder(self.decoder, None, prompt, max_new_tokens, rule, language)
 
 
 class SwiftMethod:
     """This engine's decoder; one drafter for the whole run, as in an editor session."""
 
     def __init__(self, loaded: LoadedModel, stop_ids: frozenset[int], ablation: str,
-                 retrieval: Sequence[RetrievalSource]) -> None:
-        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=False)
+                 retrieval: Sequence[RetrievalSource], reuse_kv: bool = False) -> None:
+        """``reuse_kv``: keep the keys and values of the last prompt's prefix, as the server does
+        while the user types (``bench`` tasks are separate documents: off there)."""
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=reuse_kv)
         self.drafter = build_drafter(loaded, self.decoder, PromptBuilder(loaded.tokenizer),
                                      DrafterConfig(**ABLATIONS[ablation]),
                                      retrieval=() if ablation == "noretrieval" else retrieval)

@@ -93,14 +93,15 @@ class _Retrieval:
         self.workspace = workspace
         self._open: str | None = None
 
-    def show(self, task: Task) -> None:
-        """Make the task's document (file minus the removed body) what the index holds."""
+    def show(self, task: Task, typed: str = "") -> None:
+        """Make the task's document (file minus the removed body, with ``typed`` at the cursor)
+        what the index holds."""
         if self.workspace is None or not task.path:
             return
         if self._open is not None:
             self.service.close_document(self._open)
         self._open = str(self.workspace / task.path)
-        self.service.open_document(self._open, task.prefix + task.suffix)
+        self.service.open_document(self._open, task.prefix + typed + task.suffix)
         if not self.service.wait_idle(120):
             raise RuntimeError("the datastore did not finish indexing the task's document in 120 s")
 

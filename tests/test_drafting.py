@@ -165,6 +165,33 @@ def test_the_prompt_pass_gets_a_tree_unless_switched_off():
         assert drafter.draft(truth[:21]).tokens[:4] == truth[21:25]  # decoding passes draft either way
 
 
+def test_a_long_prompts_tree_is_verified_only_where_it_pays_for_another_read_of_the_weights(monkeypatch):
+    """On a prompt's pass the tree's rows take calls of their own (a CPU with split calls): its
+    expected tokens must save more time, at the rate decoding goes, than about a decoding pass."""
+    truth = list(range(100, 700))
+    cost = VerifyCostModel([0, 1, 64], [0.06, 0.065, 0.1])
+    drafter = SpeculativeDrafter(cost, DrafterConfig(use_cache=False, use_recycling=False),
+                                 retrieval=[_KnownSource(truth)])
+    drafter.prompt_trees_apart = True
+    prompt = truth[:300]  # a new request: every token fed on its pass, more than linear.PROMPT_ROWS
+    drafter.begin(prompt)
+    assert drafter.draft(prompt, pending=prompt).tokens[:4] == truth[300:304]  # nothing measured yet: kept
+    context = list(prompt)
+    while len(context) < 400:  # the source's long matches prove right
+        tree = drafter.draft(context)
+        verified = _verify_against(truth, context, tree)
+        drafter.observe(context, tree, verified, 0.06)
+        context += verified.accepted
+    second = truth[:320]
+    drafter.begin(second)
+    sized = drafter.draft(second, pending=second[-2:])  # most of it reused from the cache: a short pass
+    assert len(sized) >= 8 and sized.tokens[:4] == truth[320:324]
+    monkeypatch.setattr(drafter, "throughput", lambda: 500.0)  # decoding yields 8 tokens in 16 ms
+    assert not len(drafter.draft(second, pending=second))
+    monkeypatch.setattr(drafter, "throughput", lambda: 10.0)  # 8 tokens take 0.8 s: worth a pass
+    assert drafter.draft(second, pending=second).tokens[:8] == truth[320:328]
+
+
 class _CountingSource:
     """Finds nothing, and counts how often it was asked."""
 

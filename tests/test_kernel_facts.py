@@ -9,7 +9,13 @@ import torch
 
 from lsp_server.engine import kernel_facts
 from lsp_server.engine.kernel_facts import KernelFacts, machine_identity
-from lsp_server.engine.linear import _PACK_ROWS_HINT, RowInvariantLinear, install_row_invariant, rows_per_call
+from lsp_server.engine.linear import (
+    _PACK_ROWS_HINT,
+    RowInvariantLinear,
+    computes_trees_apart,
+    install_row_invariant,
+    rows_per_call,
+)
 
 
 class _CountingBlocked(RowInvariantLinear):
@@ -79,3 +85,13 @@ def test_loading_kernels_saves_their_facts_in_the_cache_dir():
     assert facts.path.is_file()
     key = f"rows-per-call|packed for {_PACK_ROWS_HINT} rows|{type(layer).__name__}|16|8|True|torch.bfloat16"
     assert facts.get(key)["exact"] in (True, False)
+
+
+def test_a_model_computes_a_prompts_tree_rows_apart_where_a_layer_splits_its_calls(tmp_path):
+    model = torch.nn.Sequential(_layer(), torch.nn.Linear(8, 8))
+    model[1].__class__ = RowInvariantLinear
+    assert not computes_trees_apart(model)  # one call whatever the rows: the tree rides free
+    rows_per_call([model[0]], KernelFacts(tmp_path / "facts.json", "machine A"))
+    assert computes_trees_apart(model)
+    model[0].max_rows, model[1].prompt_rows = None, 512
+    assert computes_trees_apart(model)

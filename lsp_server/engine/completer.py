@@ -20,6 +20,7 @@ from ..datastore.types import Encode, EncodeBatch
 from ..drafthead.head import find_draft_head
 from ..syntax import detect_language
 from .decoding import Decoder
+from .linear import computes_trees_apart
 from .loader import LoadedModel
 from .prompt import PromptBuilder, newline_token_ids
 from .speculation.budget import VerifyCostModel
@@ -66,6 +67,7 @@ def build_drafter(
     drafter = SpeculativeDrafter(cost, config, retrieval, per_request=ContextSource, split_prompt=prompts.split,
                                  head=head, model_draft=model_draft)
     drafter.head_status = head_status
+    drafter.prompt_trees_apart = computes_trees_apart(loaded.model)
     drafter.set_newline_tokens(newline_token_ids(loaded.tokenizer))
     return drafter
 

@@ -130,6 +130,14 @@ class PackedLinear(RowInvariantLinear):
         return torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
 
 
+def computes_trees_apart(model: torch.nn.Module) -> bool:
+    """Whether a prompt's pass computes the tree rows riding on it in calls of their own
+    (``tree_rows_apart``): where some layer splits its calls (``max_rows``, ``prompt_rows``).
+    Then the tree's first row costs another read of those weights, about a decoding pass."""
+    return any(isinstance(module, RowInvariantLinear) and (module.max_rows is not None or module.prompt_rows is not None)
+               for module in model.modules())
+
+
 def _invariant_in_calls_of(layer: RowInvariantLinear, rows: torch.Tensor, alone: torch.Tensor,
                            limit: int | None) -> bool:
     """Whether ``layer`` with calls of at most ``limit`` rows gives every row of ``rows`` the

@@ -175,6 +175,7 @@ def test_replay_types_each_function_and_reuses_the_prefix(tmp_path, tiny_model_d
     assert report["methods"]["swift"]["identical_to_plain"] == 1.0
     assert report["methods"]["swift-nohead"]["identical_to_plain"] == 1.0
     assert report["methods"]["swift"]["speedup_over_plain"] > 0
+    assert report["details"]["divergences"] == {"swift": [], "swift-nohead": []}
 
 
 def test_replay_types_the_body_a_line_at_a_time_with_the_next_indentation():

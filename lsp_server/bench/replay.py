@@ -30,7 +30,7 @@ from ..engine.loader import load, resolve_source
 from ..engine.prompt import PromptBuilder
 from ..genguard import load_guard
 from .methods import ABLATIONS, MethodRun, PlainMethod, SwiftMethod, swift_ablation, uses_model_draft
-from .speed import _Retrieval, _stop_rule, refuse_head_trained_on
+from .speed import _divergence, _Retrieval, _stop_rule, refuse_head_trained_on
 from .tasks import Task, workspace_tasks
 
 
@@ -110,7 +110,7 @@ def run(args: Any) -> dict[str, Any]:
         if guard is None:
             raise SystemExit(f"--stop genguard: {reason}")
     runs: dict[str, list[MethodRun]] = {name: [] for name in names}
-    prompt_tokens: list[int] = []
+    prompts: list[list[int]] = []
     per_request: list[dict[str, Any]] = []
     from tqdm import tqdm
 
@@ -120,7 +120,7 @@ def run(args: Any) -> dict[str, Any]:
             at_cursor = dataclasses.replace(task, prefix=task.prefix + typed)
             # A new document at its first request; then the window sticks as in the editor.
             prompt = builder.build(at_cursor.prefix, task.suffix, args.context_tokens, fresh=not line).ids
-            prompt_tokens.append(len(prompt))
+            prompts.append(prompt)
             row: dict[str, Any] = {"task_id": task.task_id, "line": line, "prompt_tokens": len(prompt)}
             for name, method in methods.items():
                 result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, at_cursor, guard), task.language)
@@ -136,14 +136,21 @@ def run(args: Any) -> dict[str, Any]:
         "tasks": len(tasks),
         "requests": len(per_request),
         "stop": args.stop,
-        "methods": {name: _summary(runs[name], prompt_tokens, reference if name != "plain" else None)
-                    for name in names},
+        "methods": {name: _summary(runs[name], [len(prompt) for prompt in prompts],
+                                   reference if name != "plain" else None) for name in names},
     }
     details: dict[str, Any] = {"per_request": per_request, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                                "lines": args.lines}
     for name, method in methods.items():
         if isinstance(method, SwiftMethod):
             details[name] = {"drafter": method.drafter.stats.as_json()}
+    if reference is not None:  # in bf16 a multi-token pass can flip a near-tie: each one, with its logit gap
+        details["divergences"] = {
+            name: [dict(task_id=row["task_id"], line=row["line"], **found)
+                   for row, prompt, plain, other in zip(per_request, prompts, reference, runs[name])
+                   if (found := _divergence(loaded, prompt, plain.token_ids, other.token_ids)) is not None]
+            for name in names if name != "plain"
+        }
     report["details"] = details
     return report
 

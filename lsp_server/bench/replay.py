@@ -30,7 +30,7 @@ from ..engine.loader import load, resolve_source
 from ..engine.prompt import PromptBuilder
 from ..genguard import load_guard
 from .methods import ABLATIONS, MethodRun, PlainMethod, SwiftMethod, swift_ablation, uses_model_draft
-from .speed import _divergence, _Retrieval, _stop_rule, refuse_head_trained_on
+from .speed import BenchDatastore, divergence, refuse_head_trained_on, stop_rule_for
 from .tasks import Task, workspace_tasks
 
 
@@ -49,7 +49,7 @@ def typed_states(task: Task, lines: int) -> list[str]:
     return states
 
 
-def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: _Retrieval) -> dict[str, Any]:
+def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: BenchDatastore) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     for name in names:
         ablation = swift_ablation(name)
@@ -82,7 +82,8 @@ def _summary(runs: list[MethodRun], prompt_tokens: list[int], reference: list[Me
         "median_speedup_over_plain": None,
     }
     if reference is not None:
-        summary["identical_to_plain"] = round(sum(a.token_ids == b.token_ids for a, b in zip(runs, reference)) / len(runs), 4)
+        same = sum(a.token_ids == b.token_ids for a, b in zip(runs, reference))
+        summary["identical_to_plain"] = round(same / len(runs), 4)
         total = sum(seconds)
         summary["speedup_over_plain"] = round(sum(run.seconds for run in reference) / total, 3) if total else None
         ratios = [b.seconds / a.seconds for a, b in zip(runs, reference) if a.seconds]
@@ -102,7 +103,7 @@ def run(args: Any) -> dict[str, Any]:
     builder = PromptBuilder(loaded.tokenizer)
     if args.suffix_share is not None:
         builder.suffix_share = args.suffix_share
-    retrieval = _Retrieval(loaded, workspace, {task.language for task in tasks if task.language})
+    retrieval = BenchDatastore(loaded, workspace, {task.language for task in tasks if task.language})
     methods = _methods(names, loaded, builder.stop_ids, retrieval)
     guard = None
     if args.stop == "genguard":
@@ -123,7 +124,8 @@ def run(args: Any) -> dict[str, Any]:
             prompts.append(prompt)
             row: dict[str, Any] = {"task_id": task.task_id, "line": line, "prompt_tokens": len(prompt)}
             for name, method in methods.items():
-                result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, at_cursor, guard), task.language)
+                rule = stop_rule_for(args.stop, at_cursor, guard)
+                result = method.run(prompt, args.max_new_tokens, rule, task.language)
                 runs[name].append(result)
                 row[name] = {"seconds": round(result.seconds, 4), "new_tokens": result.new_tokens,
                              "passes": result.forward_passes, "reused": result.reused_prompt_tokens}
@@ -148,7 +150,7 @@ def run(args: Any) -> dict[str, Any]:
         details["divergences"] = {
             name: [dict(task_id=row["task_id"], line=row["line"], **found)
                    for row, prompt, plain, other in zip(per_request, prompts, reference, runs[name])
-                   if (found := _divergence(loaded, prompt, plain.token_ids, other.token_ids)) is not None]
+                   if (found := divergence(loaded, prompt, plain.token_ids, other.token_ids)) is not None]
             for name in names if name != "plain"
         }
     report["details"] = details

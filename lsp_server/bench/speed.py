@@ -58,7 +58,7 @@ def refuse_head_trained_on(workspace: Path, model_name: str, names: list[str], h
                          f"(swiftguard drafthead build or train --exclude-repo NAME), or bench swift-nohead")
 
 
-def _stop_rule(mode: str, task: Task, guard: LoadedGuard | None) -> StopRule | None:
+def stop_rule_for(mode: str, task: Task, guard: LoadedGuard | None) -> StopRule | None:
     """The same rule for every method: none, the tree-sitter rule, or GenGuard with it."""
     if mode == "none":
         return None
@@ -71,7 +71,7 @@ def _stop_rule(mode: str, task: Task, guard: LoadedGuard | None) -> StopRule | N
     return rule
 
 
-class _Retrieval:
+class BenchDatastore:
     """The datastore a bench run drafts from, seen as an editor would see the workspace.
 
     Repository tasks: the workspace indexed fresh (nothing saved is read), and for each
@@ -109,7 +109,7 @@ class _Retrieval:
         return self.service.stats()
 
 
-def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: _Retrieval,
+def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval: BenchDatastore,
              runs: dict[str, list[MethodRun]]) -> dict[str, Any]:
     """The methods by name, in run order; ``runs`` is where the run records their results."""
     methods: dict[str, Any] = {}
@@ -133,7 +133,7 @@ def _methods(names: list[str], loaded: Any, stop_ids: frozenset[int], retrieval:
     return methods
 
 
-def _divergence(loaded: Any, prompt: list[int], reference: list[int], other: list[int]) -> dict[str, Any] | None:
+def divergence(loaded: Any, prompt: list[int], reference: list[int], other: list[int]) -> dict[str, Any] | None:
     """Where ``other`` first leaves the reference output, and how close the call was there.
 
     The logits come from one plain pass over the prompt and the reference tokens before
@@ -211,7 +211,7 @@ def run(args: Any) -> dict[str, Any]:
     builder = PromptBuilder(loaded.tokenizer)
     if args.suffix_share is not None:
         builder.suffix_share = args.suffix_share
-    retrieval = _Retrieval(loaded, None if args.humaneval else Path(args.workspace).resolve(),
+    retrieval = BenchDatastore(loaded, None if args.humaneval else Path(args.workspace).resolve(),
                            {task.language for task in tasks if task.language})
     runs: dict[str, list[MethodRun]] = {name: [] for name in names}
     methods = _methods(names, loaded, builder.stop_ids, retrieval, runs)
@@ -234,7 +234,7 @@ def run(args: Any) -> dict[str, Any]:
         prompts.append(prompt)
         row: dict[str, Any] = {"task_id": task.task_id, "language": task.language}
         for name, method in methods.items():
-            result = method.run(prompt, args.max_new_tokens, _stop_rule(args.stop, task, guard), task.language)
+            result = method.run(prompt, args.max_new_tokens, stop_rule_for(args.stop, task, guard), task.language)
             runs[name].append(result)
             row[name] = {"tokens_per_second": round(result.new_tokens / result.seconds, 3) if result.seconds else 0.0,
                          "new_tokens": result.new_tokens, "passes": result.forward_passes}
@@ -267,7 +267,7 @@ def run(args: Any) -> dict[str, Any]:
     if reference is not None:
         details["divergences"] = {
             name: [dict(task_id=t.task_id, **d) for t, p, a, r in zip(tasks, prompts, reference, runs[name])
-                   if (d := _divergence(loaded, p, a.token_ids, r.token_ids)) is not None]
+                   if (d := divergence(loaded, p, a.token_ids, r.token_ids)) is not None]
             for name in names if name != "ar"
         }
         for name in names:

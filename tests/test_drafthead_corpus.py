@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from lsp_server.cli import main
 from lsp_server.drafthead.corpus import iter_windows, window_sample
@@ -120,3 +121,29 @@ def test_build_runs_the_whole_recipe_and_a_second_build_adds_new_generations(tmp
     assert main([*build, "--exclude-repo", "gamma", "--minutes", "0.01", "--report", str(tmp_path / "third.json")]) == 0
     third = json.loads((tmp_path / "third.json").read_text())
     assert third["excluded_repos"] == ["gamma"] and "gamma" not in third["repos"]
+
+
+def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path, tiny_model_dir):
+    root = _repos(tmp_path / "py", ("alpha", "beta", "gamma", "delta"))
+    shard = tmp_path / "data" / "files.npz"
+    assert main(["drafthead", "build-data", "--model", str(tiny_model_dir), "--source", f"python={root}",
+                 "--tokens", "2000", "--window", "96", "--per-repo", "600", "--out", str(shard)]) == 0
+    first, second, report = tmp_path / "first.st", tmp_path / "second.st", tmp_path / "second.json"
+    common = ["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--epochs", "1",
+              "--holdout-fraction", "0.5"]
+    assert main([*common, "--vocab", "48", "--width", "16", "--context", "8", "--out", str(first)]) == 0
+    learned = read_head_info(first).training["repos"]
+    left_out = learned[0]
+    # The continued run names other settings: the head's own vocabulary, width and context win.
+    assert main([*common, "--vocab", "64", "--width", "32", "--exclude-repo", left_out, "--init", str(first),
+                 "--lr", "0", "--out", str(second), "--report", str(report)]) == 0
+    info = read_head_info(second)
+    assert (info.width, info.context) == (16, 8)
+    assert set(info.training["repos"]) == set(learned)  # left out now, but the first head had learned from it
+    assert json.loads(report.read_text())["init"]["head"] == str(first)
+    with safe_open(str(first), "pt") as before, safe_open(str(second), "pt") as after:
+        assert before.keys() == after.keys()
+        for name in before.keys():  # no learning rate: nothing moved
+            assert torch.equal(before.get_tensor(name), after.get_tensor(name)), name
+    assert main([*common[:-1], "0.3", "--init", str(first), "--out", str(second)]) == 2  # another held-out split
+    assert main([*common, "--init", str(tmp_path / "missing.st"), "--out", str(second)]) == 2

@@ -187,3 +187,24 @@ def test_time_a_source_leaves_unused_goes_to_the_next(tmp_path, tiny_model_dir, 
                  "--out", str(tmp_path / "shard.npz")]) == 1  # nothing built (the stub builds nothing)
     assert budgets[0] == pytest.approx(50, abs=1)
     assert budgets[1] == pytest.approx(100, abs=2)  # the first source used (almost) none of its half
+
+
+def test_generated_samples_can_see_the_rest_of_the_file_as_an_editor_does(tmp_path, tiny_loaded):
+    from lsp_server.genguard.data import SampleBuilder, Source, collect_sites
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "mod.py").write_text(PY)
+    sites, _ = collect_sites(Source("python", tmp_path), 100, seed=0, per_file=5)
+    [site] = [site for site in sites if site.name == "first"]
+    plain = SampleBuilder(tiny_loaded, context_tokens=256)
+    editor = SampleBuilder(tiny_loaded, context_tokens=256, with_suffix=True)
+    prefix = plain._prefix(site)
+    without = tiny_loaded.tokenizer.decode(plain._prompt(prefix, plain._suffix(site)))
+    with_rest = tiny_loaded.tokenizer.decode(editor._prompt(prefix, editor._suffix(site)))
+    assert "def second" not in without and "return handle.readline()" not in without
+    assert "def second(items)" in with_rest and "class Box" in with_rest
+    assert "return handle.readline()" not in with_rest  # the body to write stays out
+    [sample] = editor.generated([site])
+    assert sample is None or len(sample.token_ids) == len(sample.features)
+    # refused before the model loads: a header-only prompt has no file around it
+    assert main(["genguard", "build-data", "--standalone", "--with-suffix", "--out", str(tmp_path / "x.npz")]) == 2

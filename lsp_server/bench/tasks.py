@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..syntax import LANGUAGES, FunctionSite, detect_language, iter_functions
+from ..syntax import LANGUAGES, FunctionSite, body_end, detect_language, iter_functions
 
 _SKIP_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", "build", "dist", ".tox"}
 _MAX_FILE_BYTES = 1_000_000
@@ -47,21 +47,15 @@ def _source_files(root: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def _body_end(text: str, site: FunctionSite, braces: bool) -> int:
-    """Where the removed body ends: before the newline of the closing ``}`` line, or at the
-    end of the last statement (Python), so the suffix starts with that newline."""
-    return text.rfind("\n", site.cursor, site.end - 1) if braces else site.end
-
-
 def _task(text: str, site: FunctionSite, language: str, relative: str) -> Task | None:
-    body_end = _body_end(text, site, LANGUAGES[language].braces)
-    body = text[site.cursor : body_end]
+    end = body_end(text, site, LANGUAGES[language].braces)
+    body = text[site.cursor : end]
     stripped = body.lstrip(" \t")
     if not stripped.strip():
         return None
     indent = body[: len(body) - len(stripped)]
     line = text.count("\n", 0, site.start) + 1
-    return Task(f"{relative}::{site.name}@{line}", text[: site.cursor] + indent, text[body_end:], relative,
+    return Task(f"{relative}::{site.name}@{line}", text[: site.cursor] + indent, text[end:], relative,
                 stripped, language=language)
 
 

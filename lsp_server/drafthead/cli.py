@@ -53,6 +53,10 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--exclude-repo", action="append", default=[], metavar="NAME",
                         help="train, build: leave this repository's samples out (repeatable; any version or "
                              "case), e.g. one you will benchmark: `bench --workspace` refuses a head trained on it")
+    parser.add_argument("--init", type=Path, metavar="HEAD",
+                        help="train: continue from this trained head (its vocabulary, width and context; its "
+                             "repositories stay in the new head's list), e.g. to add new data at a lower --lr")
+    parser.add_argument("--lr", type=float, default=2e-3, help="train: the one-cycle schedule's peak learning rate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="write the report as JSON here")
@@ -116,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..engine.loader import load
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
-    from .head import DraftHeadInfo, head_path_for, save_draft_head
+    from .head import DraftHeadInfo, HeadError, head_path_for, load_draft_head, save_draft_head
     from .provenance import repository_name, repository_names
     from .train import accuracy, bigram_accuracy, heldout_parts, model_picks, pair_copies, pairs, train_draft_head
 
@@ -152,13 +156,27 @@ def _train(args: argparse.Namespace) -> int:
         return " ".join(f"{name} top1/top4 {accuracy(head, batches, data, part, args.context)}"
                         for name, part in tests.items())
 
+    init = None
+    if args.init is not None:
+        try:
+            init, init_info = load_draft_head(args.init, int(data.features.shape[1]), key)
+        except HeadError as exc:
+            print(f"error: --init: {exc}", file=sys.stderr)
+            return 2
+        if init_info.training.get("holdout_fraction", args.holdout_fraction) != args.holdout_fraction:
+            print(f"error: --init {args.init} held out {init_info.training['holdout_fraction']} of the repositories, "
+                  f"not {args.holdout_fraction}: it trained on some repositories held out here", file=sys.stderr)
+            return 2
+        args.width, args.context = init_info.width, init_info.context
+
     embed = loaded.model.get_input_embeddings().weight.detach()
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
         head, batches = train_draft_head(data, train, labels, embed, loaded.model.get_output_embeddings(), args.vocab,
-                                         args.width, epochs, args.seed, evaluate=evaluate,
+                                         args.width, epochs, args.seed, lr=args.lr, evaluate=evaluate,
                                          progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                                         compute_dtype=compute_dtype, repeat=args.repeat, context=args.context)
+                                         compute_dtype=compute_dtype, repeat=args.repeat, context=args.context,
+                                         init=init)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -173,9 +191,17 @@ def _train(args: argparse.Namespace) -> int:
                 "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
+                "lr": args.lr,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])}),
                 "repos": sorted(set(repos[masks["train"]].tolist())),
                 "excluded_repos": sorted(repository_names(args.exclude_repo))}
+    if init is not None:  # what the head learned before stays part of what it learned from
+        training["init"] = {"head": str(args.init), "epochs": init_info.training.get("epochs"),
+                            "pairs": init_info.training.get("pairs")}
+        training["sources"] = sorted(set(training["sources"]) | set(init_info.training.get("sources", [])))
+        training["repos"] = sorted(set(training["repos"]) | set(init_info.training.get("repos", [])))
+        training["excluded_repos"] = sorted(set(training["excluded_repos"])
+                                            & set(init_info.training.get("excluded_repos", [])))
     out = args.out or head_path_for(loaded.name)
     info = DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, args.context, training)
     save_draft_head(out, head, info)

@@ -20,6 +20,7 @@ training pairs (the best a text-only guess of the next token does from this data
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -247,7 +248,7 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
                      lr: float = 2e-3, progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
                      compute_dtype: torch.dtype = torch.float32, repeat: Sequence[str] = (),
-                     context: int = 128) -> tuple[DraftHead, _Batches]:
+                     context: int = 128, init: DraftHead | None = None) -> tuple[DraftHead, _Batches]:
     """Fit a head on windows of the training pairs' samples; ``labels`` are the model's picks per
     row, ``embed`` the model's input embedding matrix, ``repeat`` (``KIND=N`` specs, see
     ``epoch_windows``) weights some kinds of sample more than others, ``batch`` is in positions;
@@ -259,12 +260,19 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     comparison on 120k pairs gave the same held-out accuracy (README); the head runs in the
     model's dtype anyway.  The CLI picks it like the model's dtype (``engine.device``):
     bfloat16 emulated in software is slower than float32.
+
+    ``init`` continues training a trained head (a copy; its vocabulary, width and context), on
+    new data without paying again for the epochs it already had.
     """
     torch.manual_seed(seed)
     depth = train.ahead.shape[1]
-    vocab = frequent_vocab(data, train, vocab_size)
+    if init is not None:
+        head = copy.deepcopy(init).float().train().requires_grad_(True)
+        vocab, context = head.vocab, head.context
+    else:
+        vocab = frequent_vocab(data, train, vocab_size)
+        head = DraftHead(data.features.shape[1], width, vocab, context)
     batches = _Batches(data, labels, embed.float(), score_rows(lm_head, vocab, data.features.shape[1]).float(), vocab)
-    head = DraftHead(data.features.shape[1], width, vocab, context)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
     samples = np.zeros(data.samples, bool)
     samples[data.sample_index[train.rows]] = True

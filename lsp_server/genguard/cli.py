@@ -33,6 +33,8 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                       help="shard file or folder: leave out functions it already has samples of")
     data.add_argument("--standalone", action="store_true",
                       help="prompt with the function's header alone (HumanEval-style), not the file up to it")
+    data.add_argument("--with-suffix", action="store_true",
+                      help="generated: the rest of the file after the function in the prompt, as an editor's request")
     data.add_argument("--context-tokens", type=int, default=512)
     data.add_argument("--new-tokens", type=int, default=128, help="generation length of generated samples")
     data.add_argument("--batch", type=int, default=16,
@@ -100,6 +102,10 @@ def _build_data(args: argparse.Namespace) -> int:
     if args.batch < 1:
         print("error: --batch must be at least 1", file=sys.stderr)
         return 2
+    if args.with_suffix and args.standalone:
+        print("error: --with-suffix prompts with the file around the function, --standalone with its header alone",
+              file=sys.stderr)
+        return 2
     try:
         seen = shard_functions(args.skip_seen)
     except (OSError, KeyError, ValueError) as exc:
@@ -113,13 +119,13 @@ def _build_data(args: argparse.Namespace) -> int:
     sources, loaded = opened
     exclude = humaneval_signatures()
     builder = SampleBuilder(loaded, args.context_tokens, args.after_tokens, new_tokens=args.new_tokens,
-                            standalone=args.standalone, batch=args.batch)
+                            standalone=args.standalone, batch=args.batch, with_suffix=args.with_suffix)
     hidden_size = int(loaded.model.config.hidden_size)
     writer = ShardWriter(meta={
         "base_model": loaded.name, "hidden_size": hidden_size, "tokenizer_hash": tokenizer_hash(loaded.tokenizer),
         "sources": [f"{s.language}={s.root}" for s in sources], "kinds": kinds, "context_tokens": args.context_tokens,
         "new_tokens": args.new_tokens, "after_tokens": args.after_tokens, "standalone": args.standalone,
-        "batch": args.batch, "skip_seen": [str(path) for path in args.skip_seen],
+        "with_suffix": args.with_suffix, "batch": args.batch, "skip_seen": [str(path) for path in args.skip_seen],
     })
     excluded_total = 0
     started = time.perf_counter()

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..syntax.functions import FunctionSite, function_end, iter_functions, line_cut
+from ..syntax.functions import FunctionSite, body_end, function_end, iter_functions, line_cut
 from ..syntax.languages import LANGUAGES
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,15 @@ class SampleBuilder:
     """Turns sites into labelled hidden states with one loaded model."""
 
     def __init__(self, loaded: Any, context_tokens: int = 512, after_tokens: int = 96, max_body_tokens: int = 320,
-                 new_tokens: int = 128, standalone: bool = False, batch: int = 16) -> None:
+                 new_tokens: int = 128, standalone: bool = False, batch: int = 16, with_suffix: bool = False) -> None:
         """Generated samples are decoded ``batch`` at a time (``engine.batch_decoding``): greedy,
         up to bf16 near-ties, at several times the speed of one sequence at a time.
         ``standalone`` prompts with the function's own header alone (signature and docstring, no file
-        around it), as HumanEval-style problems do; by default the prompt is the file up to the cursor."""
+        around it), as HumanEval-style problems do; by default the prompt is the file up to the cursor.
+        ``with_suffix`` puts the rest of the file after the function in the prompt, as an editor's
+        fill-in-the-middle request with the body missing does (generated samples; the draft head
+        trained on header-only prompts guessed the model's next token 44.5% of the time on a
+        repository benchmark whose prompts have a suffix, against 60% on HumanEval)."""
         from ..engine.decoding import Decoder
         from ..engine.prompt import PromptBuilder
 
@@ -275,10 +279,17 @@ class SampleBuilder:
         self.new_tokens = new_tokens
         self.standalone = standalone
         self.batch = batch
+        self.with_suffix = with_suffix
 
-    def _prompt(self, prefix: str) -> list[int]:
-        """Prompt ids: FIM with an empty suffix, as for HumanEval."""
-        return self.prompts.build(prefix, "", self.context_tokens, fresh=True).ids  # each site is a new document
+    def _prompt(self, prefix: str, suffix: str = "") -> list[int]:
+        """Prompt ids: FIM, with an empty suffix as for HumanEval unless one is given."""
+        return self.prompts.build(prefix, suffix, self.context_tokens, fresh=True).ids  # each site is a new document
+
+    def _suffix(self, site: Site) -> str:
+        """The text after the function's body, for ``with_suffix`` prompts ("" otherwise)."""
+        if not self.with_suffix:
+            return ""
+        return site.text[body_end(site.text, site.function, LANGUAGES[site.language].braces):]
 
     def _prefix(self, site: Site) -> str:
         """The text before the cursor that the prompt is built from."""
@@ -307,8 +318,8 @@ class SampleBuilder:
         from ..engine.batch_decoding import greedy_batch
 
         prefixes = [self._prefix(site) for site in sites]
-        outputs = greedy_batch(self.loaded.model, [self._prompt(prefix) for prefix in prefixes], self.new_tokens,
-                               self.prompts.stop_ids)
+        prompts = [self._prompt(prefix, self._suffix(site)) for prefix, site in zip(prefixes, sites)]
+        outputs = greedy_batch(self.loaded.model, prompts, self.new_tokens, self.prompts.stop_ids)
         return [self._labelled(site, prefix, out.token_ids, as_features(out.states), out.stop_reason)
                 for site, prefix, out in zip(sites, prefixes, outputs)]
 

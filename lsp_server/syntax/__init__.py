@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from .functions import FunctionSite, function_end, iter_functions
+from .functions import FunctionSite, body_end, function_end, iter_functions
 from .languages import LANGUAGES, detect_language
 from .stop import StopDecision, SyntaxStop
 
-__all__ = ["LANGUAGES", "FunctionSite", "StopDecision", "SyntaxStop", "detect_language", "function_end",
+__all__ = ["LANGUAGES", "FunctionSite", "StopDecision", "SyntaxStop", "body_end", "detect_language", "function_end",
            "iter_functions"]

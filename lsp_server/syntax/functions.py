@@ -31,6 +31,13 @@ class FunctionSite:
     """The end of the line the definition ends on, past its newline: text before it is requested code."""
 
 
+def body_end(text: str, site: FunctionSite, braces: bool) -> int:
+    """Where a function's body ends as a completion would write it: before the newline of the
+    closing ``}`` line, or at the end of the last statement (Python); the text after it is
+    what an editor shows as the suffix when the body is missing."""
+    return text.rfind("\n", site.cursor, site.end - 1) if braces else site.end
+
+
 class ByteMap:
     """Converts between byte offsets of the UTF-8 encoding and character offsets."""
 

@@ -101,9 +101,14 @@ async def test_capabilities_and_progress(client: LanguageClient):
     assert caps.inline_completion_provider is not None
     assert caps.completion_provider is not None
     assert set(caps.execute_command_provider.commands) >= {"swiftguard.status", "swiftguard.restart"}
+
+    async def ended() -> None:  # the state turns "ready" in the loading thread, just before the end is sent
+        while not (loads := loading_progress(client)) or not isinstance(loads[0][-1], types.WorkDoneProgressEnd):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(ended(), 30)
     loading = loading_progress(client)
-    assert len(loading) == 1
-    assert isinstance(loading[0][-1], types.WorkDoneProgressEnd) and loading[0][-1].message == "ready"
+    assert len(loading) == 1 and loading[0][-1].message == "ready"
 
 
 async def test_inline_completion_and_stats(client: LanguageClient):

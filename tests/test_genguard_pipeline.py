@@ -206,5 +206,9 @@ def test_generated_samples_can_see_the_rest_of_the_file_as_an_editor_does(tmp_pa
     assert "return handle.readline()" not in with_rest  # the body to write stays out
     [sample] = editor.generated([site])
     assert sample is None or len(sample.token_ids) == len(sample.features)
+    taught, plain_taught = editor.teacher(site), plain.teacher(site)
+    assert taught is not None and plain_taught is not None
+    assert np.array_equal(taught.token_ids, plain_taught.token_ids)  # the same real body ...
+    assert not np.array_equal(taught.features, plain_taught.features)  # ... read with the rest of the file
     # refused before the model loads: a header-only prompt has no file around it
     assert main(["genguard", "build-data", "--standalone", "--with-suffix", "--out", str(tmp_path / "x.npz")]) == 2

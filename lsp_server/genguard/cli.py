@@ -34,7 +34,7 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     data.add_argument("--standalone", action="store_true",
                       help="prompt with the function's header alone (HumanEval-style), not the file up to it")
     data.add_argument("--with-suffix", action="store_true",
-                      help="generated: the rest of the file after the function in the prompt, as an editor's request")
+                      help="the rest of the file after the function in the prompt, as in an editor's request")
     data.add_argument("--context-tokens", type=int, default=512)
     data.add_argument("--new-tokens", type=int, default=128, help="generation length of generated samples")
     data.add_argument("--batch", type=int, default=16,

@@ -263,7 +263,7 @@ class SampleBuilder:
         ``standalone`` prompts with the function's own header alone (signature and docstring, no file
         around it), as HumanEval-style problems do; by default the prompt is the file up to the cursor.
         ``with_suffix`` puts the rest of the file after the function in the prompt, as an editor's
-        fill-in-the-middle request with the body missing does (generated samples; the draft head
+        fill-in-the-middle request with the body missing does (both kinds of sample; the draft head
         trained on header-only prompts guessed the model's next token 44.5% of the time on a
         repository benchmark whose prompts have a suffix, against 60% on HumanEval)."""
         from ..engine.decoding import Decoder
@@ -306,7 +306,7 @@ class SampleBuilder:
         if inside < 3 or inside > self.max_body_tokens:
             return None
         ids = encoded["input_ids"][: inside + self.after_tokens]
-        prompt = self._prompt(self._prefix(site))
+        prompt = self._prompt(self._prefix(site), self._suffix(site))
         states = self.decoder.hidden_states(prompt + ids, new_cache())[len(prompt) - 1 : len(prompt) - 1 + len(ids)]
         labels = np.array([0] * inside + [1] * (len(ids) - inside), dtype=np.uint8)
         return Sample(site, "teacher", as_features(states), labels, np.array(ids, dtype=np.int32),

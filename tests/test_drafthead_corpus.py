@@ -140,7 +140,8 @@ def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path,
     info = read_head_info(second)
     assert (info.width, info.context) == (16, 8)
     assert set(info.training["repos"]) == set(learned)  # left out now, but the first head had learned from it
-    assert json.loads(report.read_text())["init"]["head"] == str(first)
+    continued = json.loads(report.read_text())
+    assert continued["init"]["head"] == str(first) and continued["vocab"] == read_head_info(first).training["vocab"] <= 48
     with safe_open(str(first), "pt") as before, safe_open(str(second), "pt") as after:
         assert before.keys() == after.keys()
         for name in before.keys():  # no learning rate: nothing moved

@@ -187,7 +187,7 @@ def _train(args: argparse.Namespace) -> int:
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": args.vocab, "epochs": epochs, "depth": args.depth, "context": args.context,
+                "vocab": int(head.vocab.numel()), "epochs": epochs, "depth": args.depth, "context": args.context,
                 "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,

@@ -189,7 +189,8 @@ def test_time_a_source_leaves_unused_goes_to_the_next(tmp_path, tiny_model_dir, 
     assert budgets[1] == pytest.approx(100, abs=2)  # the first source used (almost) none of its half
 
 
-def test_generated_samples_can_see_the_rest_of_the_file_as_an_editor_does(tmp_path, tiny_loaded):
+def test_generated_samples_can_see_the_rest_of_the_file_as_an_editor_does(tmp_path, tiny_loaded, monkeypatch):
+    from lsp_server.engine import batch_decoding
     from lsp_server.genguard.data import SampleBuilder, Source, collect_sites
 
     (tmp_path / "repo").mkdir()
@@ -204,8 +205,16 @@ def test_generated_samples_can_see_the_rest_of_the_file_as_an_editor_does(tmp_pa
     assert "def second" not in without and "return handle.readline()" not in without
     assert "def second(items)" in with_rest and "class Box" in with_rest
     assert "return handle.readline()" not in with_rest  # the body to write stays out
-    [sample] = editor.generated([site])
-    assert sample is None or len(sample.token_ids) == len(sample.features)
+    decoded: list[list[int]] = []
+    real_batch = batch_decoding.greedy_batch
+
+    def recording(model, prompts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        decoded.extend(prompts)
+        return real_batch(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(batch_decoding, "greedy_batch", recording)
+    editor.generated([site])
+    assert decoded == [editor._prompt(prefix, editor._suffix(site))]  # generations decode the editor's prompt
     taught, plain_taught = editor.teacher(site), plain.teacher(site)
     assert taught is not None and plain_taught is not None
     assert np.array_equal(taught.token_ids, plain_taught.token_ids)  # the same real body ...

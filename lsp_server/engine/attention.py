@@ -16,8 +16,9 @@ the at most ``BLOCK`` keys after it.  Each half is one call of PyTorch's CPU fla
 attention, which returns the log-sum-exp too, and the halves are merged by their
 softmax mass.  The cache part is shared by all tokens of a pass (one call, the tokens as
 extra query rows); the tail is padded to ``BLOCK`` slots, masked, in position order: a
-tree token gathers its own (its ancestors lie among other nodes), the tokens of a prompt
-block share their block's keys.  Every call so has the same key length and layout for a
+tree token gets its own (its ancestors lie among other nodes: ``_OwnTails``, which copies
+only the visible slots; 25-node trees, 30-40 us a layer less than a full gather), the
+tokens of a prompt block share their block's keys.  Every call so has the same key length and layout for a
 token whatever else is in the pass, query rows are computed alike however many there
 are (checked, with padding where the kernel differs: ``ROW_MULTIPLE``), and the merge
 is plain arithmetic after one exp on whole vector rows.  So a token gets the same bits
@@ -99,6 +100,38 @@ def _flash(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: to
 
 
 @dataclass
+class _OwnTails:
+    """Each token's own tail (a tree's tokens: their ancestors lie among other nodes), laid out
+    [tokens, kv_heads, BLOCK, dim] for the flash kernel, slot s of token t holding the s-th
+    key the token sees from the part's ``start`` on.  Only visible slots are written: a
+    masked slot gives the same bits whatever finite key it holds, so the buffers are zeroed
+    once for the pass and each layer copies the keys every token sees (the cache since the
+    block boundary, and any chain above the tree) in one broadcast, then the rest (a
+    token's ancestors) one by one."""
+
+    tokens: int
+    common: int
+    """Leading slots that every token sees: keys [start, start + common)."""
+    token: torch.Tensor
+    slot: torch.Tensor
+    key: torch.Tensor
+    """The other visible slots: (token, slot) holds key ``key`` (an index into the part's keys)."""
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+    """Keys and values, made at the pass's first layer and refilled at each."""
+
+    def fill(self, key: torch.Tensor, value: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tails of key/value [kv_heads, keys, dim], for one layer."""
+        kv_heads, _, dim = key.shape
+        shape = (self.tokens, kv_heads, BLOCK, dim)
+        if self.buffers is None or self.buffers[0].shape != shape or self.buffers[0].dtype != key.dtype:
+            self.buffers = (key.new_zeros(shape), key.new_zeros(shape))
+        for buffer, source in zip(self.buffers, (key, value)):
+            buffer[:, :, : self.common] = source[:, start : start + self.common]
+            buffer[self.token, :, self.slot] = source[:, self.key].transpose(0, 1)
+        return self.buffers
+
+
+@dataclass
 class _Part:
     """Tokens of a pass that share one cache part, and where their tails come from."""
 
@@ -108,10 +141,9 @@ class _Part:
     """Key positions the tokens see (None: all); the tail and cache part index into these."""
     start: int
     """Length of the cache part: a multiple of ``BLOCK``."""
-    tail: torch.Tensor | None
-    """[tokens * BLOCK]: each token's own tail, the key index of each slot in position order
-    (0 for padding); None: the tokens are consecutive positions of one block and share the
-    tail keys [start, start + BLOCK), each seeing those up to itself."""
+    tail: _OwnTails | None
+    """Each token's own tail; None: the tokens are consecutive positions of one block and share
+    the tail keys [start, start + BLOCK), each seeing those up to itself."""
     tail_mask: torch.Tensor
     """Additive mask, -inf on slots a token does not see: [tokens, 1, 1, BLOCK] for own
     tails, [1, 1, groups * tokens, BLOCK] (row g * tokens + t) for a shared tail."""
@@ -127,11 +159,12 @@ def _own_tails(allowed: torch.Tensor, start: int, dtype: torch.dtype, tokens: to
     tail = allowed[:, start:]
     rows, cols = tail.nonzero(as_tuple=True)
     slot = tail.cumsum(1)[rows, cols] - 1
-    index = torch.zeros(tail.shape[0], BLOCK, dtype=torch.long, device=allowed.device)
-    index[rows, slot] = cols + start
+    common = int(tail.all(0).int().cumprod(0).sum())
+    rest = slot >= common
     used = torch.arange(BLOCK, device=allowed.device) < tail.sum(1, keepdim=True)
     mask = torch.zeros(used.shape, dtype=dtype, device=allowed.device).masked_fill_(~used, float("-inf"))
-    return _Part(tokens, key_index, start, index.flatten(), mask[:, None, None, :])
+    own = _OwnTails(tail.shape[0], common, rows[rest], slot[rest], cols[rest] + start)
+    return _Part(tokens, key_index, start, own, mask[:, None, None, :])
 
 
 def _causal_blocks(past: int, tokens: int, groups: int, dtype: torch.dtype, device: torch.device) -> list[_Part]:
@@ -185,8 +218,7 @@ def _tail(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, part: _Pa
     [tokens, kv_heads, groups]."""
     kv_heads, groups, tokens, dim = query.shape
     if part.tail is not None:
-        keys = key.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
-        values = value.index_select(1, part.tail).reshape(kv_heads, tokens, BLOCK, dim).transpose(0, 1)
+        keys, values = part.tail.fill(key, value, part.start)
         return _flash(query.permute(2, 0, 1, 3), keys, values, part.tail_mask, scale)
     keys, values = key[None, :, part.start : part.start + BLOCK], value[None, :, part.start : part.start + BLOCK]
     if keys.shape[2] < BLOCK:  # the pass ends inside the block: pad (masked)

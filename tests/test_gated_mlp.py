@@ -13,12 +13,12 @@ from lsp_server.engine.linear import PROMPT_ROWS, PackedLinear, install_row_inva
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
 
 
-def _mlp(row_limit: int | None) -> torch.nn.Module:
+def _mlp(row_limit: int | None, pack: bool = True) -> torch.nn.Module:
     """A small Qwen2 MLP in bf16 on packed layers; ``row_limit`` as ``rows_per_call`` would set
     it on a CPU whose product depends on the call size (AMX)."""
     torch.manual_seed(0)
     mlp = Qwen2MLP(Qwen2Config(hidden_size=64, intermediate_size=192, hidden_act="silu")).to(torch.bfloat16)
-    if not install_row_invariant(torch.nn.Sequential(mlp)).startswith("packed"):
+    if not install_row_invariant(torch.nn.Sequential(mlp), pack=pack).startswith("packed" if pack else "plain"):
         pytest.skip("this PyTorch build cannot pack bf16 weights")
     for layer in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
         layer.max_rows = row_limit
@@ -67,9 +67,18 @@ def test_where_a_row_keeps_its_bits_in_any_call_a_prompt_stays_unfused():
         assert torch.equal(mlp(prompt), pieces)
 
 
-def test_only_packed_silu_mlps_are_fused():
-    plain = Qwen2MLP(Qwen2Config(hidden_size=64, intermediate_size=192, hidden_act="silu"))
-    assert gated_mlp.fuse(torch.nn.Sequential(plain)) == 0  # nn.Linear layers: nothing to fuse into
+def test_unpacked_layers_compute_the_models_own_steps():
+    mlp = _mlp(32, pack=False)
+    prompt = torch.randn(1, PROMPT_ROWS + 40, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        unfused = _unfused(mlp, prompt)
+        assert gated_mlp.fuse(torch.nn.Sequential(mlp)) == 1
+        assert torch.equal(mlp(prompt), unfused)
+
+
+def test_only_row_invariant_silu_mlps_are_fused():
+    stock = Qwen2MLP(Qwen2Config(hidden_size=64, intermediate_size=192, hidden_act="silu"))
+    assert gated_mlp.fuse(torch.nn.Sequential(stock)) == 0  # nn.Linear layers: nothing to fuse into
     gelu = _mlp(32)
     gelu.act_fn = torch.nn.GELU()
     assert gated_mlp.fuse(torch.nn.Sequential(gelu)) == 0

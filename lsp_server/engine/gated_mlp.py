@@ -31,7 +31,7 @@ import logging
 import torch
 from transformers.activations import SiLUActivation
 
-from .linear import PackedLinear, prompt_rows_in, tree_rows_apart
+from .linear import RowInvariantLinear, prompt_rows_in, tree_rows_apart, weight_dtype
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class FusedGatedMLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         prompt = prompt_rows_in(len(rows))
-        if not prompt or not isinstance(self.up_proj, PackedLinear) or self.up_proj.max_rows is None:
+        if not prompt or not isinstance(self.up_proj, RowInvariantLinear) or self.up_proj.max_rows is None:
             return super().forward(x)  # type: ignore[no-any-return]
         with tree_rows_apart(0):  # the slice holds the prompt's rows alone
             inner = [self.up_proj(rows[:prompt], post=self.gate_proj(rows[:prompt], post="swish"))]
@@ -68,17 +68,18 @@ def _fused_class(cls: type) -> type:
 
 
 def _is_gated_silu(module: torch.nn.Module) -> bool:
-    """A module with packed gate, up and down projections and a SiLU activation, whose
-    forward is the model's own (not already fused)."""
+    """A module with row-invariant gate, up and down projections and a SiLU activation, whose
+    forward is the model's own (not already fused).  On layers that could not be packed the
+    fused path computes what the model's forward does, in the same steps."""
     layers = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     activation = getattr(module, "act_fn", None)
-    return (all(isinstance(layer, PackedLinear) for layer in layers)
+    return (all(isinstance(layer, RowInvariantLinear) for layer in layers)
             and isinstance(activation, (SiLUActivation, torch.nn.SiLU))
             and not isinstance(module, FusedGatedMLP))
 
 
 def fuse(model: torch.nn.Module) -> int:
-    """Fuse every packed SiLU-gated MLP of ``model`` for prompts, in place; returns how many.
+    """Fuse every row-invariant SiLU-gated MLP of ``model`` for prompts, in place; returns how many.
     Nothing is fused if this PyTorch build lacks the post-ops (logged)."""
     mlps = [module for module in model.modules() if _is_gated_silu(module)]
     if not mlps or not _post_ops_work(mlps[0]):
@@ -92,7 +93,7 @@ def _post_ops_work(mlp: torch.nn.Module) -> bool:
     """Whether the fused products run here and agree with the model's own MLP (within a few
     units of the dtype's last place: the rounding steps differ)."""
     generator = torch.Generator().manual_seed(0)
-    rows = torch.randn(3, mlp.gate_proj.in_features, generator=generator).to(mlp.gate_proj.packed.dtype)
+    rows = torch.randn(3, mlp.gate_proj.in_features, generator=generator).to(weight_dtype(mlp.gate_proj))
     try:
         with torch.inference_mode():
             expected = mlp(rows).float()

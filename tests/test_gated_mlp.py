@@ -62,7 +62,7 @@ def test_where_a_row_keeps_its_bits_in_any_call_a_prompt_stays_unfused():
     mlp = _mlp(None)
     prompt = torch.randn(PROMPT_ROWS + 40, 64).to(torch.bfloat16)
     with torch.inference_mode():
-        gated_mlp.fuse(torch.nn.Sequential(mlp))
+        assert gated_mlp.fuse(torch.nn.Sequential(mlp)) == 0
         pieces = torch.cat([mlp(prompt[start : start + 16]) for start in range(0, len(prompt), 16)])
         assert torch.equal(mlp(prompt), pieces)
 
@@ -85,5 +85,8 @@ def test_only_row_invariant_silu_mlps_are_fused():
     assert isinstance(gelu.up_proj, PackedLinear)
 
 
-def test_the_loader_reports_the_fused_mlp(tiny_loaded_bf16):
-    assert "fused MLP" in tiny_loaded_bf16.kernels
+def test_the_loader_fuses_where_the_projections_have_a_row_limit(tiny_loaded_bf16):
+    mlps = [module for module in tiny_loaded_bf16.model.modules() if hasattr(module, "gate_proj")]
+    limited = mlps[0].gate_proj.max_rows is not None
+    assert all(isinstance(mlp, gated_mlp.FusedGatedMLP) == limited for mlp in mlps)
+    assert ("fused MLP" in tiny_loaded_bf16.kernels) == limited

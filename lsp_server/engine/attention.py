@@ -17,11 +17,11 @@ attention, which returns the log-sum-exp too, and the halves are merged by their
 softmax mass.  The cache part is shared by all tokens of a pass (one call, the tokens as
 extra query rows); the tail is padded to ``BLOCK`` slots, masked, in position order: a
 tree token gets its own (its ancestors lie among other nodes: ``_OwnTails``, which copies
-only the visible slots; 25-node trees, 30-40 us a layer less than a full gather), the
-tokens of a prompt block share their block's keys.  Every call so has the same key length and layout for a
-token whatever else is in the pass, query rows are computed alike however many there
-are (checked, with padding where the kernel differs: ``ROW_MULTIPLE``), and the merge
-is plain arithmetic after one exp on whole vector rows.  So a token gets the same bits
+only the visible slots: a 25-node tree 30-55 us a layer less than a full gather), the
+tokens of a prompt block share their block's keys.  Every call so has the same key length
+and layout for a token whatever else is in the pass, query rows are computed alike
+however many there are (checked, with padding where the kernel differs:
+``ROW_MULTIPLE``), and the merge is plain arithmetic after one exp on whole vector rows.  So a token gets the same bits
 in a 1-token pass, in any tree and in any chunk of a prompt.  A tree reaching past the
 pass's block boundary gives its deepest tokens their own cache part (computed on their
 gathered key sequence: rare, and a copy of the cache).  A request's first pass carries a

@@ -1,27 +1,28 @@
 """A gated MLP's activation and product computed inside its projections' oneDNN calls, for
 prompts.
 
-Llama-style MLPs (Qwen2's among them) compute ``down(silu(gate(x)) * up(x))``.  On a CPU
+Llama-style MLPs (Qwen2's among them) compute ``down(silu(gate(x)) * up(x))``. On a CPU
 the SiLU and the product are two more passes over the widest tensors of the model: for a
 1,850-token prompt of the default model, 5.2 and about 4 ms a layer against 30 ms for
-both projections, measured here (2-core AMX Xeon, bf16).  oneDNN applies both as
-post-ops of the packed product (``linear.PackedLinear``): the gate takes a fused "swish",
-the up projection multiplies by the gate's output as it writes its own.  A 1,850-token
-prompt's pass over the model body then took 1.51 instead of 1.90 s.  Decoding passes
-keep the separate operations: with post-ops, oneDNN's product on a few rows was no
-faster (a 24-node tree pass at a 1,850-token cache: 103-107 against 102 ms).
+both projections, measured here (2-core AMX Xeon, bf16). oneDNN applies both as post-ops
+of the packed product (``linear.PackedLinear``): the gate takes a fused "swish", the up
+projection multiplies by the gate's output as it writes its own. A prompt's pass over
+the model body, the two toggled in one process, median of 10: 1,850 tokens 1.64 instead
+of 1.76 s, 1,300 tokens 1.07 instead of 1.21 s, 700 tokens 0.58 against 0.59 s. Decoding
+passes keep the separate operations: with post-ops, oneDNN's product on a few rows was
+no faster (a 24-node tree pass at a 1,850-token cache: 103-107 against 102 ms).
 
-So only a prompt's rows (``linear.prompt_rows_in``: the rows that plain decoding's prefill
-and speculation's first pass both compute as a prompt) take the fused path; tree rows
-riding on that pass, and every decoding pass, are computed as before.  And only where the
-projections have a row limit per call (``linear.rows_per_call``, as on AMX): there a long
-prompt's products already differ in low bits from the same tokens encoded in small pieces
-(after a reused cache), and attention takes its stock kernel for such prompts too.
-Elsewhere a prompt keeps the bits of a chunked one, and reuse those of a fresh prompt.  The fused rounding
-differs from the unfused (the SiLU sees the product before it is rounded to bf16, and
-nothing is rounded between it and the product), by about a bf16 unit of the result; it
-is the same for every decoding method, as the prompt's other kernels already are
-(``linear``, ``attention``).
+So only a prompt's rows (``linear.prompt_rows_in``: the rows that plain decoding's
+prefill and speculation's first pass both compute as a prompt) take the fused path; tree
+rows riding on that pass, and every decoding pass, are computed as before. And only
+where the projections have a row limit per call (``linear.rows_per_call``, as on AMX):
+there a long prompt's products already differ in low bits from the same tokens encoded
+in small pieces (after a reused cache), and attention takes its stock kernel for such
+prompts too. Elsewhere nothing is fused: a prompt keeps the bits of a chunked one, and
+reuse those of a fresh prompt. The fused rounding differs from the unfused (the SiLU
+sees the product before it is rounded to bf16, and nothing is rounded between it and the
+product), by about a bf16 unit of the result; it is the same for every decoding method,
+as the prompt's other kernels already are (``linear``, ``attention``).
 """
 
 from __future__ import annotations
@@ -68,19 +69,21 @@ def _fused_class(cls: type) -> type:
 
 
 def _is_gated_silu(module: torch.nn.Module) -> bool:
-    """A module with row-invariant gate, up and down projections and a SiLU activation, whose
-    forward is the model's own (not already fused).  On layers that could not be packed the
-    fused path computes what the model's forward does, in the same steps."""
+    """A module with row-invariant gate, up and down projections that have a row limit per
+    call, and a SiLU activation, whose forward is the model's own (not already fused).  On
+    layers that could not be packed the fused path computes what the model's forward does,
+    in the same steps."""
     layers = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     activation = getattr(module, "act_fn", None)
-    return (all(isinstance(layer, RowInvariantLinear) for layer in layers)
+    return (all(isinstance(layer, RowInvariantLinear) and layer.max_rows is not None for layer in layers)
             and isinstance(activation, (SiLUActivation, torch.nn.SiLU))
             and not isinstance(module, FusedGatedMLP))
 
 
 def fuse(model: torch.nn.Module) -> int:
-    """Fuse every row-invariant SiLU-gated MLP of ``model`` for prompts, in place; returns how many.
-    Nothing is fused if this PyTorch build lacks the post-ops (logged)."""
+    """Fuse every row-limited SiLU-gated MLP of ``model`` for prompts, in place (after
+    ``linear.install_row_invariant``); returns how many.  Nothing is fused if this PyTorch
+    build lacks the post-ops (logged)."""
     mlps = [module for module in model.modules() if _is_gated_silu(module)]
     if not mlps or not _post_ops_work(mlps[0]):
         return 0

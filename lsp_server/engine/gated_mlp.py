@@ -49,7 +49,7 @@ class FusedGatedMLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         prompt = prompt_rows_in(len(rows))
-        if not prompt or not isinstance(self.up_proj, RowInvariantLinear) or self.up_proj.max_rows is None:
+        if not prompt or not isinstance(self.up_proj, RowInvariantLinear):  # a draft's float16 copy
             return super().forward(x)  # type: ignore[no-any-return]
         with tree_rows_apart(0):  # the slice holds the prompt's rows alone
             inner = [self.up_proj(rows[:prompt], post=self.gate_proj(rows[:prompt], post="swish"))]

@@ -234,7 +234,7 @@ class _BlockedAbove(RowInvariantLinear):
 
     rows = 32
 
-    def _product(self, rows: torch.Tensor, post: object = None) -> torch.Tensor:
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.linear(rows, self.weight, self.bias)
         return out + 1e-3 if rows.shape[0] > self.rows else out
 
@@ -242,7 +242,7 @@ class _BlockedAbove(RowInvariantLinear):
 class _ByCallSize(RowInvariantLinear):
     """A kernel whose rows get other bits in every call size: no limit helps."""
 
-    def _product(self, rows: torch.Tensor, post: object = None) -> torch.Tensor:
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(rows, self.weight, self.bias) + 1e-3 * rows.shape[0]
 
 

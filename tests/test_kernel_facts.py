@@ -23,7 +23,7 @@ class _CountingBlocked(RowInvariantLinear):
 
     calls = 0
 
-    def _product(self, rows: torch.Tensor, post: object = None) -> torch.Tensor:
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
         type(self).calls += 1
         out = torch.nn.functional.linear(rows, self.weight, self.bias)
         return out + 1e-3 if rows.shape[0] > 32 else out

@@ -20,7 +20,7 @@ class _SlowAbove(RowInvariantLinear):
     slow_above = 600
     calls = 0
 
-    def _product(self, rows: torch.Tensor, post: object = None) -> torch.Tensor:
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
         type(self).calls += 1
         time.sleep(0.011 if rows.shape[0] > self.slow_above else 0.001)
         out = torch.nn.functional.linear(rows, self.weight, self.bias)

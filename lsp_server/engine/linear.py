@@ -86,22 +86,6 @@ def _pairs(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return rows, False
 
 
-Post = str | torch.Tensor | None
-"""What follows a product in the same call: nothing, "swish" (its SiLU), or a tensor shaped
-like the output to multiply it by, elementwise (``gated_mlp``)."""
-
-
-def _post_rows(post: Post, start: int, stop: int) -> Post:
-    return post[start:stop] if isinstance(post, torch.Tensor) else post
-
-
-def prompt_rows_in(count: int) -> int:
-    """How many leading rows of a call of ``count`` rows are computed as a prompt (one call, or
-    ``prompt_rows`` calls), the rows a prompt-only pass has too; 0 for a decoding pass."""
-    prompt = count - tree_rows() if count > PROMPT_ROWS else 0
-    return prompt if prompt > PROMPT_ROWS else 0
-
-
 class RowInvariantLinear(torch.nn.Linear):
     """``nn.Linear`` that never hands its kernel a single row (where packing is not available)
     nor more than ``max_rows`` rows in one call."""
@@ -110,54 +94,40 @@ class RowInvariantLinear(torch.nn.Linear):
     prompt_rows: int | None = None
     """A prompt's rows go in calls of this many (None: one call); see ``prompt_calls``."""
 
-    def _product(self, rows: torch.Tensor, post: Post) -> torch.Tensor:
-        out = torch.nn.functional.linear(rows, self.weight, self.bias)
-        if isinstance(post, torch.Tensor):
-            return out * post
-        return torch.nn.functional.silu(out) if post == "swish" else out
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rows, self.weight, self.bias)
 
-    def _call(self, rows: torch.Tensor, post: Post = None) -> torch.Tensor:
+    def _call(self, rows: torch.Tensor) -> torch.Tensor:
         pairs, doubled = _pairs(rows)
-        if doubled and isinstance(post, torch.Tensor):
-            post = torch.cat([post, post])
-        out = self._product(pairs, post)
+        out = self._product(pairs)
         return out[:1] if doubled else out
 
-    def forward(self, input: torch.Tensor, post: Post = None) -> torch.Tensor:
-        """The product, followed by ``post`` (``Post``) in the same calls; ``post`` tensors are
-        shaped like the output."""
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.reshape(-1, input.shape[-1])
-        if isinstance(post, torch.Tensor):
-            post = post.reshape(-1, self.out_features)
         limit, count = self.max_rows, rows.shape[0]
-        prompt = prompt_rows_in(count)
+        prompt = count - tree_rows() if count > PROMPT_ROWS else 0
+        prompt = prompt if prompt > PROMPT_ROWS else 0  # the rows that a prompt-only pass has too
         if (limit is None or count <= limit) and (not prompt or self.prompt_rows is None):
-            out = self._call(rows, post)
+            out = self._call(rows)
         else:
-            parts = self.prompt_calls(rows[:prompt], _post_rows(post, 0, prompt)) if prompt else []
-            step = limit or count
-            parts += [self._call(rows[start : start + step], _post_rows(post, start, start + step))
-                      for start in range(prompt, count, step)]
+            parts = self.prompt_calls(rows[:prompt]) if prompt else []
+            parts += [self._call(rows[start : start + (limit or count)]) for start in range(prompt, count, limit or count)]
             out = torch.cat(parts) if len(parts) > 1 else parts[0]
         return out.reshape(*input.shape[:-1], self.out_features)
 
-    def prompt_calls(self, rows: torch.Tensor, post: Post = None) -> list[torch.Tensor]:
+    def prompt_calls(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """A prompt's product, in calls of ``prompt_rows`` rows (None: one call)."""
         size = self.prompt_rows or len(rows)
-        return [self._call(rows[start : start + size], _post_rows(post, start, start + size))
-                for start in range(0, len(rows), size)]
+        return [self._call(rows[start : start + size]) for start in range(0, len(rows), size)]
 
 
 class PackedLinear(RowInvariantLinear):
-    """``nn.Linear`` on a weight reordered once for oneDNN; single rows as two.  A ``post`` runs
-    as oneDNN's post-op, on the product before it is rounded to the weight's dtype."""
+    """``nn.Linear`` on a weight reordered once for oneDNN; single rows as two."""
 
     packed: torch.Tensor
 
-    def _product(self, rows: torch.Tensor, post: Post) -> torch.Tensor:
-        if isinstance(post, torch.Tensor):
-            return torch.ops.mkldnn._linear_pointwise.binary(rows, post, self.packed, self.bias, "mul")
-        return torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, post or "none", [], "")
+    def _product(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
 
 
 def computes_trees_apart(model: torch.nn.Module) -> bool:

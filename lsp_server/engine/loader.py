@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..paths import cache_root
-from . import attention, default_model, gated_mlp, linear, prompt_calls
+from . import attention, default_model, linear, prompt_calls
 from .device import resolve_device, resolve_dtype
 from .kernel_facts import this_machine
 
@@ -135,7 +135,6 @@ def load(
     keep_half = draft_copy and torch_dtype == torch.float32
     if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
         kernels += f", {linear.install_row_invariant(model, keep_half=keep_half)} linear"
-        kernels += ", fused MLP" if gated_mlp.fuse(model) else ""
         kernels += _split_prompts(model)
     half_copy = keep_half or "packed" not in kernels
     seconds = time.perf_counter() - started

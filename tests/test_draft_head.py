@@ -179,6 +179,7 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
     embed = torch.randn(8, 16)
     lm_head = torch.nn.Linear(16, 8, bias=False)
     produced: set[torch.dtype] = set()
+    heard: list[str] = []
 
     def record(module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
         if isinstance(module, torch.nn.Linear) and output.requires_grad:  # the head's layers as they train
@@ -187,10 +188,14 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         head, batches = train_draft_head(data, train, data.token_ids.astype(np.int64), embed, lm_head, vocab_size=4,
-                                         width=32, epochs=8, batch=64, lr=1e-2, compute_dtype=compute_dtype, context=8)
+                                         width=32, epochs=8, batch=64, lr=1e-2, compute_dtype=compute_dtype, context=8,
+                                         progress=heard.append, report_every=0.0)
     finally:
         hook.remove()
     assert produced == {compute_dtype}
+    steps = [line for line in heard if ": step " in line]  # reported within epochs, not only after them
+    assert steps and steps[-1].startswith("epoch 8/8: step ") and "s to go)" in steps[-1]
+    assert sum(line.startswith("epoch ") and "loss" in line and ": step " not in line for line in heard) == 8
     assert {p.dtype for p in head.parameters()} == {torch.float32}
     assert {3, 4} <= set(head.vocab.tolist())  # the next tokens seen in training
     [(top1, _)] = accuracy(head, batches, data, test, 8)

@@ -248,7 +248,8 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
                      lr: float = 2e-3, progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
                      compute_dtype: torch.dtype = torch.float32, repeat: Sequence[str] = (),
-                     context: int = 128, init: DraftHead | None = None) -> tuple[DraftHead, _Batches]:
+                     context: int = 128, init: DraftHead | None = None,
+                     report_every: float = 60.0) -> tuple[DraftHead, _Batches]:
     """Fit a head on windows of the training pairs' samples; ``labels`` are the model's picks per
     row, ``embed`` the model's input embedding matrix, ``repeat`` (``KIND=N`` specs, see
     ``epoch_windows``) weights some kinds of sample more than others, ``batch`` is in positions;
@@ -262,7 +263,9 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     bfloat16 emulated in software is slower than float32.
 
     ``init`` continues training a trained head (a copy; its vocabulary, width and context), on
-    new data without paying again for the epochs it already had.
+    new data without paying again for the epochs it already had.  ``progress`` hears of the
+    steps every ``report_every`` seconds as well as after each epoch: an epoch of ``drafthead
+    build`` runs for half an hour on a 2-core CPU, too long to show nothing.
     """
     torch.manual_seed(seed)
     depth = train.ahead.shape[1]
@@ -286,7 +289,7 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     per_batch = max(1, batch // max(context, depth))
     steps = max(1, epochs * max(1, len(epoch_windows(usable, copies)) // per_batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
-    started = time.perf_counter()
+    started = reported = time.perf_counter()
     loss = torch.zeros(())
     done = 0
     for epoch in range(epochs):  # the schedule's length: epochs x (windows // per_batch) optimizer steps
@@ -313,6 +316,11 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
             optimizer.step()
             schedule.step()
             done += 1
+            if time.perf_counter() - reported >= report_every:
+                reported = time.perf_counter()
+                elapsed = reported - started
+                progress(f"epoch {epoch + 1}/{epochs}: step {done}/{steps}, loss {loss.item():.3f} "
+                         f"({elapsed:.0f}s, about {elapsed / done * (steps - done):.0f}s to go)")
         report = evaluate(head, batches) if evaluate is not None else ""
         progress(f"epoch {epoch + 1}/{epochs} ({len(order)} windows of up to {max(context, depth)} positions): "
                  f"loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")

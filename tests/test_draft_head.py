@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
 
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        head, batches = train_draft_head(data, train, data.token_ids.astype(np.int64), embed, lm_head, vocab_size=4,
+        head, batches, _steps, _planned = train_draft_head(data, train, data.token_ids.astype(np.int64), embed, lm_head, vocab_size=4,
                                          width=32, epochs=8, batch=64, lr=1e-2, compute_dtype=compute_dtype, context=8,
                                          progress=heard.append, report_every=0.0)
     finally:
@@ -201,6 +202,20 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
     [(top1, _)] = accuracy(head, batches, data, test, 8)
     bigram_top1, _ = bigram_accuracy(data, train, test)
     assert top1 > 0.9 and bigram_top1 < 0.7
+
+
+def test_a_time_budget_ends_training_early_and_says_so():
+    data = _synthetic()
+    train = pairs(data, np.ones(len(data.repo), bool), data.token_ids)
+    heard: list[str] = []
+    run = functools.partial(train_draft_head, data, train, data.token_ids.astype(np.int64), torch.randn(8, 16),
+                            torch.nn.Linear(16, 8, bias=False), vocab_size=4, width=32, epochs=8, batch=64,
+                            context=8, progress=heard.append)
+    whole = run()
+    assert whole.steps == whole.planned > 1 and not any("time budget" in line for line in heard)
+    cut = run(time_budget=0.0)  # spent before the first step: one step, then a report
+    assert (cut.steps, cut.planned) == (1, whole.planned)
+    assert heard[-1] == f"time budget reached after 1 of {whole.planned} steps"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -109,6 +109,7 @@ def test_build_runs_the_whole_recipe_and_a_second_build_adds_new_generations(tmp
     assert sorted(path.name for path in shards.iterdir()) == ["files.npz", "generated-1.npz"]
     first = json.loads((tmp_path / "first.json").read_text())
     assert first["repeat"] == ["generated=2"] and first["epochs"] == 1 and head.is_file()
+    assert 1 <= first["steps"] <= first["planned_steps"]  # training has what the data left of the budget
     files_made = (shards / "files.npz").stat().st_mtime_ns
     assert main([*build, "--report", str(tmp_path / "second.json")]) == 0
     assert sorted(path.name for path in shards.iterdir()) == ["files.npz", "generated-1.npz", "generated-2.npz"]

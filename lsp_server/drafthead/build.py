@@ -1,5 +1,5 @@
 """``swiftguard drafthead build``: a draft head from the code already on this machine, in one
-command and a time budget.
+command and a time budget, training included.
 
 The head is not shipped, and the recipe that made the best ones (README) is three commands
 with a dozen knobs over downloaded source distributions.  This runs that recipe on what
@@ -8,7 +8,7 @@ packages (site-packages: Swiftguard's own dependencies at least), plus any ``--s
 given.  The budget is split the way the time paid off in the recipe: most of it for the
 model's own generations of function bodies written from their headers alone (what the head
 meets at run time, and what taught it most), a little for windows of real files, then
-training on everything.
+training on everything until the budget ends.
 
 The shards stay in the cache dir beside the head.  A later build adds a new generations shard
 of functions not seen before (the files shard is made once) and trains again on all of them,
@@ -26,11 +26,21 @@ from pathlib import Path
 
 from ..paths import cache_root
 
-GENERATION_SHARE = 0.6
-"""Of the budget, for generated function bodies (about 200 positions/s on 2 cores)."""
-FILES_SHARE = 0.12
-"""Of the budget, for windows of real files (about 500 positions/s), on the first build only."""
-FILE_POSITIONS_PER_SECOND = 500
+GENERATION_SHARE = 0.42
+"""Of the budget, for generated function bodies (80-200 positions/s on 2 cores)."""
+FILES_SHARE = 0.08
+"""Of the budget, for windows of real files (270-570 positions/s), on the first build only.
+
+The rest trains: 2 epochs of the context head took about 1.2 times as long as making their
+data on a 2-core AMD EPYC without AMX (December 3: 28 minutes of generations and 10 of files,
+then 34 of training, when the shares were 60% and 12%: a 45-minute build ran 75).  Training
+stops at the budget's end anyway (``drafthead train --time-budget``)."""
+FILE_POSITIONS_PER_SECOND = 570
+"""The fastest rate seen (AMX): the files' step stops at its share of the time on slower CPUs."""
+TRAIN_WRAP_UP_SECONDS = 30
+"""After training: the bigram baseline, the report and saving the head."""
+MIN_TRAIN_SHARE = 0.2
+"""Training gets at least this share of the budget, even where making data ran over."""
 GENERATED_SITES_PER_SECOND = 4
 """Functions collected per second of the generations' budget: a little more than are
 generated (16 side by side, about 5 s a batch), since collecting parses every file it reads."""
@@ -83,15 +93,19 @@ def build_head(args: argparse.Namespace) -> int:
     if not files.exists():
         tokens = max(1000, int(budget * FILES_SHARE * FILE_POSITIONS_PER_SECOND))
         steps.append(["drafthead", "build-data", *common, *source_options, "--tokens", str(tokens),
+                      "--time-budget", f"{budget * FILES_SHARE:.1f}",
                       "--per-repo", "4000", "--seed", str(args.seed), "--out", str(files)])
-    steps.append(["drafthead", "train", *(["--model", args.model] if args.model else []), "--data", str(work),
-                  "--threads", str(args.threads), "--epochs", str(args.epochs or 2), "--repeat", "generated=2",
-                  "--vocab", str(args.vocab), "--width", str(args.width), "--context", str(args.context),
-                  "--seed", str(args.seed),
-                  *(option for name in args.exclude_repo for option in ("--exclude-repo", name)),
-                  *(["--out", str(args.out)] if args.out else []),
-                  *(["--report", str(args.report)] if args.report else [])])
-    for step in steps:
+    train = ["drafthead", "train", *(["--model", args.model] if args.model else []), "--data", str(work),
+             "--threads", str(args.threads), "--epochs", str(args.epochs or 2), "--repeat", "generated=2",
+             "--vocab", str(args.vocab), "--width", str(args.width), "--context", str(args.context),
+             "--seed", str(args.seed),
+             *(option for name in args.exclude_repo for option in ("--exclude-repo", name)),
+             *(["--out", str(args.out)] if args.out else []),
+             *(["--report", str(args.report)] if args.report else [])]
+    for step in [*steps, train]:
+        if step is train:  # what the data left of the budget, but never so little that the head learns nothing
+            left = budget - (time.perf_counter() - started) - TRAIN_WRAP_UP_SECONDS
+            step = [*train, "--time-budget", f"{max(left, MIN_TRAIN_SHARE * budget):.1f}"]
         print(f"[{time.perf_counter() - started:.0f}s] swiftguard {' '.join(step)}", file=sys.stderr, flush=True)
         status = swiftguard(step)
         if status:

@@ -19,8 +19,9 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="build: the whole recipe on this machine's code in one time budget; "
                              "build-data / train: its steps by hand")
     parser.add_argument("--minutes", type=float, default=45.0,
-                        help="build: time budget; making data takes about three quarters of it and training "
-                             "the rest (later builds train on all their shards, so longer)")
+                        help="build: time budget, training included: about half of it makes data, training "
+                             "has the rest and stops when it ends (later builds train on all their shards, so "
+                             "a longer budget lets them finish their epochs)")
     parser.add_argument("--shards", type=Path, help="build: folder that keeps the shards between builds "
                                                     "(default: in the cache dir, per model)")
     parser.add_argument("--data", type=Path, action="append", help="train: shard file or folder of shards "
@@ -31,6 +32,9 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="build-data: code to read (repeatable; default: the Python standard library; "
                              "build: the standard library and the installed packages)")
     parser.add_argument("--tokens", type=int, default=400_000, help="build-data: positions to store")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="build-data: store what is done by then; train: stop training by then (the "
+                             "learning rate comes down over the budget)")
     parser.add_argument("--window", type=int, default=512, help="build-data: tokens per forward pass")
     parser.add_argument("--per-file", type=int, default=2, help="build-data: windows per file")
     parser.add_argument("--per-repo", type=int, default=20_000, help="build-data: tokens per repository")
@@ -96,10 +100,11 @@ def _build_data(args: argparse.Namespace) -> int:
         "kinds": ["file"], "window": args.window})
     exclude = humaneval_signatures()
     stored = 0
+    deadline = None if args.time_budget is None else time.perf_counter() + args.time_budget
     for number, source in enumerate(sources):
         share = (args.tokens - stored) // (len(sources) - number)  # what one source leaves unused, the next may take
         windows = iter_windows(source, loaded.tokenizer, args.window, args.per_file, args.per_repo, args.seed, exclude)
-        got = build_windows(decoder, windows, writer, share,
+        got = build_windows(decoder, windows, writer, share, deadline,
                             lambda msg: print(f"  {source.language}={source.root}: {msg}", file=sys.stderr, flush=True))
         print(f"{source.language}={source.root}: {got} positions", file=sys.stderr)
         stored += got
@@ -152,9 +157,12 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     tests = heldout_parts(data, pairs(data, masks["heldout_repos"], labels, args.depth))
 
+    last: dict[str, list[tuple[float, float]]] = {}
+    """The latest evaluation, after the last epoch the trained head's: the report reuses it."""
+
     def evaluate(head, batches) -> str:  # type: ignore[no-untyped-def]
-        return " ".join(f"{name} top1/top4 {accuracy(head, batches, data, part, args.context)}"
-                        for name, part in tests.items())
+        last.update({name: accuracy(head, batches, data, part, args.context) for name, part in tests.items()})
+        return " ".join(f"{name} top1/top4 {result}" for name, result in last.items())
 
     init = None
     if args.init is not None:
@@ -172,22 +180,23 @@ def _train(args: argparse.Namespace) -> int:
     embed = loaded.model.get_input_embeddings().weight.detach()
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
-        head, batches = train_draft_head(data, train, labels, embed, loaded.model.get_output_embeddings(), args.vocab,
-                                         args.width, epochs, args.seed, lr=args.lr, evaluate=evaluate,
-                                         progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                                         compute_dtype=compute_dtype, repeat=args.repeat, context=args.context,
-                                         init=init)
+        budget = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
+        head, batches, steps, planned = train_draft_head(
+            data, train, labels, embed, loaded.model.get_output_embeddings(), args.vocab, args.width, epochs,
+            args.seed, lr=args.lr, evaluate=evaluate, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+            compute_dtype=compute_dtype, repeat=args.repeat, context=args.context, init=init, time_budget=budget)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     heldout = {name: [{"step": step + 1, "top1": top1, "top4": top4}
-                      for step, (top1, top4) in enumerate(accuracy(head, batches, data, part, args.context))]
-               for name, part in tests.items()}
+                      for step, (top1, top4) in enumerate(last[name])]
+               for name in tests}
     bigram = {name: dict(zip(("top1", "top4"), (round(x, 3) for x in bigram_accuracy(data, train, part))))
               for name, part in tests.items()}
     coverage = {name: round(float(np.isin(part.next_tokens, head.vocab.numpy()).mean()), 3) for name, part in tests.items()}
     training = {"pairs": len(train.rows), "heldout_pairs": {n: len(p.rows) for n, p in tests.items()},
-                "vocab": int(head.vocab.numel()), "epochs": epochs, "depth": args.depth, "context": args.context,
+                "vocab": int(head.vocab.numel()), "epochs": epochs, "steps": steps, "planned_steps": planned,
+                "depth": args.depth, "context": args.context,
                 "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,

@@ -71,11 +71,12 @@ def window_sample(decoder: Any, window: Window) -> Sample:
 
 
 def build_windows(decoder: Any, windows: Iterator[Window], writer: ShardWriter, tokens: int,
-                  progress: Callable[[str], None] = lambda _m: None) -> int:
-    """Run windows through the model until ``tokens`` positions are stored; returns how many were."""
+                  deadline: float | None = None, progress: Callable[[str], None] = lambda _m: None) -> int:
+    """Run windows through the model until ``tokens`` positions are stored or the ``deadline``
+    (``time.perf_counter()`` seconds) has passed; returns how many were."""
     started, stored = time.perf_counter(), 0
     for window in windows:
-        if stored >= tokens:
+        if stored >= tokens or (deadline is not None and time.perf_counter() >= deadline):
             break
         sample = window_sample(decoder, window)
         writer.add(sample)

@@ -24,6 +24,7 @@ import copy
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,13 +244,25 @@ def epoch_windows(usable: np.ndarray, copies: np.ndarray | None = None) -> torch
     return chosen.repeat_interleave(torch.as_tensor(copies, dtype=torch.int64)[chosen])
 
 
+class Trained(NamedTuple):
+    head: DraftHead
+    batches: _Batches
+    steps: int
+    """Optimizer steps taken: fewer than ``planned`` where a time budget ended training."""
+    planned: int
+
+
+_SCHEDULE_POINTS = 10_000
+"""The one-cycle schedule's resolution when it runs on the share of a time budget."""
+
+
 def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: torch.Tensor, lm_head: torch.nn.Module,
                      vocab_size: int = 16384, width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 2048,
                      lr: float = 2e-3, progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
                      compute_dtype: torch.dtype = torch.float32, repeat: Sequence[str] = (),
                      context: int = 128, init: DraftHead | None = None,
-                     report_every: float = 60.0) -> tuple[DraftHead, _Batches]:
+                     report_every: float = 60.0, time_budget: float | None = None) -> Trained:
     """Fit a head on windows of the training pairs' samples; ``labels`` are the model's picks per
     row, ``embed`` the model's input embedding matrix, ``repeat`` (``KIND=N`` specs, see
     ``epoch_windows``) weights some kinds of sample more than others, ``batch`` is in positions;
@@ -266,6 +279,11 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     new data without paying again for the epochs it already had.  ``progress`` hears of the
     steps every ``report_every`` seconds as well as after each epoch: an epoch of ``drafthead
     build`` runs for half an hour on a 2-core CPU, too long to show nothing.
+
+    ``time_budget`` (seconds, steps and the evaluations between epochs) ends training where the
+    epochs would take longer: the one-cycle schedule then runs on the share of the budget used,
+    so the last steps still have a low rate.  ``drafthead build`` promises its minutes: on a
+    2-core AMD EPYC without AMX its 2 epochs took 34 minutes of a 45-minute build on their own.
     """
     torch.manual_seed(seed)
     depth = train.ahead.shape[1]
@@ -288,15 +306,22 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     copies = pair_copies(kinds, list(repeat))
     per_batch = max(1, batch // max(context, depth))
     steps = max(1, epochs * max(1, len(epoch_windows(usable, copies)) // per_batch))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    # With a time budget the schedule runs on whichever share is larger, of the steps or of the
+    # budget, so the rate has come down by the time the budget ends training.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps if time_budget is None
+                                                   else _SCHEDULE_POINTS)
     started = reported = time.perf_counter()
     loss = torch.zeros(())
     done = 0
+
+    def over_budget() -> bool:
+        return time_budget is not None and time.perf_counter() - started >= time_budget
+
     for epoch in range(epochs):  # the schedule's length: epochs x (windows // per_batch) optimizer steps
         order = epoch_windows(usable, copies)
         order = order[torch.randperm(len(order))]
         for start in range(0, max(1, len(order) - per_batch + 1), per_batch):
-            if done == steps:
+            if done == steps or (done and over_budget()):  # at least one step, however short the budget
                 break
             rows, real = batches.window_rows(spans, order[start : start + per_batch])
             offsets = torch.arange(rows.shape[1])[None]
@@ -314,14 +339,26 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            schedule.step()
             done += 1
+            if time_budget is None:
+                schedule.step()
+            else:
+                share = max(done / steps, (time.perf_counter() - started) / max(time_budget, 1e-9))
+                while schedule.last_epoch < min(_SCHEDULE_POINTS, round(share * _SCHEDULE_POINTS)):
+                    schedule.step()
             if time.perf_counter() - reported >= report_every:
                 reported = time.perf_counter()
                 elapsed = reported - started
+                to_go = elapsed / done * (steps - done)
+                if time_budget is not None:
+                    to_go = min(to_go, time_budget - elapsed)
                 progress(f"epoch {epoch + 1}/{epochs}: step {done}/{steps}, loss {loss.item():.3f} "
-                         f"({elapsed:.0f}s, about {elapsed / done * (steps - done):.0f}s to go)")
+                         f"({elapsed:.0f}s, about {to_go:.0f}s to go)")
+        out_of_time = done < steps and over_budget()
         report = evaluate(head, batches) if evaluate is not None else ""
         progress(f"epoch {epoch + 1}/{epochs} ({len(order)} windows of up to {max(context, depth)} positions): "
                  f"loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")
-    return head.eval(), batches
+        if out_of_time:
+            progress(f"time budget reached after {done} of {steps} steps")
+            break
+    return Trained(head.eval(), batches, done, steps)

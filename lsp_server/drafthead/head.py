@@ -98,6 +98,14 @@ def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
 
+def _normed(norm: torch.nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in the norm weight's dtype.  Training runs the products under bf16 autocast
+    with float32 weights, and a bf16 input beside a float32 weight sends RMSNorm to its unfused
+    path with a warning at every build; at run time the head is all in the model's dtype and
+    this changes nothing."""
+    return norm(x.to(norm.weight.dtype))
+
+
 class DraftHead(torch.nn.Module):
     """(h_t, embedding of token t+1, the same pairs at earlier positions) -> predicted
     final-norm hidden state at t+1.
@@ -131,7 +139,7 @@ class DraftHead(torch.nn.Module):
     def project(self, fused: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys, values [..., heads, T, head_dim] of ``fused`` [..., T, hidden] (a head with context only)."""
         *batch, length, _ = fused.shape
-        qkv = self.qkv(self.attention_norm(fused)).view(*batch, length, 3, self.heads, -1)
+        qkv = self.qkv(_normed(self.attention_norm, fused)).view(*batch, length, 3, self.heads, -1)
         query, key, value = (qkv.select(-3, part).transpose(-3, -2) for part in range(3))
         return rotate(query, positions), rotate(key, positions), value
 
@@ -139,7 +147,7 @@ class DraftHead(torch.nn.Module):
         """The predicted state from the fused inputs and the attention's output [..., heads, T, head_dim]."""
         if attended is not None:
             fused = fused + self.attention_out(attended.transpose(-3, -2).flatten(-2))
-        fused = fused + self.down(torch.nn.functional.silu(self.up(self.mlp_norm(fused))))
+        fused = fused + self.down(torch.nn.functional.silu(self.up(_normed(self.mlp_norm, fused))))
         return hidden + fused
 
     def forward(self, hidden: torch.Tensor, embedded: torch.Tensor, depth: int = 1) -> list[torch.Tensor]:

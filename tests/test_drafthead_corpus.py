@@ -70,6 +70,13 @@ def test_build_data_then_train_through_the_command_line(tmp_path, tiny_model_dir
         assert len(set(data["sample_repo"])) == 4 and data["features"].dtype == np.float16
         assert json.loads(str(data["meta"]))["tokens"]["python/file"] == len(data["token_ids"])
         assert data["picks"].shape == data["token_ids"].shape and (data["picks"] >= 0).all()
+    timed = tmp_path / "data" / "timed.npz"  # a spent budget: one window from each source, none forgotten
+    other = _repos(tmp_path / "py2", ("epsilon",))
+    assert main(["drafthead", "build-data", "--model", str(tiny_model_dir), "--source", f"python={root}",
+                 "--source", f"python={other}", "--tokens", "2000", "--window", "96", "--time-budget", "0",
+                 "--out", str(timed)]) == 0
+    with np.load(timed, allow_pickle=False) as data:
+        assert len(data["sample_repo"]) == 2 and "epsilon" in set(data["sample_repo"])
     report = tmp_path / "draft.json"
     train = ["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
              "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5", "--out", str(tmp_path / "head.st")]

@@ -100,9 +100,11 @@ def _build_data(args: argparse.Namespace) -> int:
         "kinds": ["file"], "window": args.window})
     exclude = humaneval_signatures()
     stored = 0
-    deadline = None if args.time_budget is None else time.perf_counter() + args.time_budget
+    end = None if args.time_budget is None else time.perf_counter() + args.time_budget
     for number, source in enumerate(sources):
         share = (args.tokens - stored) // (len(sources) - number)  # what one source leaves unused, the next may take
+        deadline = None if end is None else \
+            time.perf_counter() + (end - time.perf_counter()) / (len(sources) - number)  # so with the time
         windows = iter_windows(source, loaded.tokenizer, args.window, args.per_file, args.per_repo, args.seed, exclude)
         got = build_windows(decoder, windows, writer, share, deadline,
                             lambda msg: print(f"  {source.language}={source.root}: {msg}", file=sys.stderr, flush=True))

@@ -73,10 +73,10 @@ def window_sample(decoder: Any, window: Window) -> Sample:
 def build_windows(decoder: Any, windows: Iterator[Window], writer: ShardWriter, tokens: int,
                   deadline: float | None = None, progress: Callable[[str], None] = lambda _m: None) -> int:
     """Run windows through the model until ``tokens`` positions are stored or the ``deadline``
-    (``time.perf_counter()`` seconds) has passed; returns how many were."""
+    (``time.perf_counter()`` seconds) has passed, after one window at least; returns how many were."""
     started, stored = time.perf_counter(), 0
     for window in windows:
-        if stored >= tokens or (deadline is not None and time.perf_counter() >= deadline):
+        if stored >= tokens or (stored and deadline is not None and time.perf_counter() >= deadline):
             break
         sample = window_sample(decoder, window)
         writer.add(sample)

@@ -188,9 +188,9 @@ def test_training_learns_what_the_hidden_state_says(compute_dtype):
 
     hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        head, batches, _steps, _planned = train_draft_head(data, train, data.token_ids.astype(np.int64), embed, lm_head, vocab_size=4,
-                                         width=32, epochs=8, batch=64, lr=1e-2, compute_dtype=compute_dtype, context=8,
-                                         progress=heard.append, report_every=0.0)
+        head, batches, _steps, _planned = train_draft_head(
+            data, train, data.token_ids.astype(np.int64), embed, lm_head, vocab_size=4, width=32, epochs=8,
+            batch=64, lr=1e-2, compute_dtype=compute_dtype, context=8, progress=heard.append, report_every=0.0)
     finally:
         hook.remove()
     assert produced == {compute_dtype}

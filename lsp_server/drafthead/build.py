@@ -102,15 +102,21 @@ def build_head(args: argparse.Namespace) -> int:
              *(option for name in args.exclude_repo for option in ("--exclude-repo", name)),
              *(["--out", str(args.out)] if args.out else []),
              *(["--report", str(args.report)] if args.report else [])]
-    for step in [*steps, train]:
-        if step is train:  # what the data left of the budget, but never so little that the head learns nothing
-            left = budget - (time.perf_counter() - started) - TRAIN_WRAP_UP_SECONDS
-            step = [*train, "--time-budget", f"{max(left, MIN_TRAIN_SHARE * budget):.1f}"]
+
+    def run(step: list[str]) -> int:
         print(f"[{time.perf_counter() - started:.0f}s] swiftguard {' '.join(step)}", file=sys.stderr, flush=True)
         status = swiftguard(step)
         if status:
             print(f"error: step {' '.join(step[:2])} failed (exit status {status}); the shards so far stay in {work}",
                   file=sys.stderr)
+        return status
+
+    for step in steps:
+        if status := run(step):
             return status
+    # Training has what the data left of the budget, but never so little that the head learns nothing.
+    left = budget - (time.perf_counter() - started) - TRAIN_WRAP_UP_SECONDS
+    if status := run([*train, "--time-budget", f"{max(left, MIN_TRAIN_SHARE * budget):.1f}"]):
+        return status
     print(f"draft head built in {(time.perf_counter() - started) / 60:.1f} minutes; shards in {work}", file=sys.stderr)
     return 0

@@ -24,8 +24,8 @@ import copy
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -245,6 +245,8 @@ def epoch_windows(usable: np.ndarray, copies: np.ndarray | None = None) -> torch
 
 
 class Trained(NamedTuple):
+    """What ``train_draft_head`` returns: the head, what it was trained on, and how far it got."""
+
     head: DraftHead
     batches: _Batches
     steps: int

@@ -31,9 +31,10 @@ GENERATION_SHARE = 0.42
 FILES_SHARE = 0.08
 """Of the budget, for windows of real files (270-570 positions/s), on the first build only.
 
-The rest trains: 2 epochs of the context head took about 1.2 times as long as making their
-data on a 2-core AMD EPYC without AMX (December 3: 28 minutes of generations and 10 of files,
-then 34 of training, when the shares were 60% and 12%: a 45-minute build ran 75).  Training
+The rest trains: 2 epochs of the context head took about 0.9 times as long as making their
+data on a 2-core AMD EPYC without AMX (December 3: 28 minutes of generations and 12 of files,
+then 36 of training, 34 of them in the training loop, when the shares were 60% and 12%: a
+45-minute build ran 75).  Training
 stops at the budget's end anyway (``drafthead train --time-budget``)."""
 FILE_POSITIONS_PER_SECOND = 570
 """The fastest rate seen (AMX): the files' step stops at its share of the time on slower CPUs."""

@@ -104,7 +104,7 @@ def _build_data(args: argparse.Namespace) -> int:
     for number, source in enumerate(sources):
         share = (args.tokens - stored) // (len(sources) - number)  # what one source leaves unused, the next may take
         deadline = None if end is None else \
-            time.perf_counter() + (end - time.perf_counter()) / (len(sources) - number)  # so with the time
+            time.perf_counter() + (end - time.perf_counter()) / (len(sources) - number)  # the time left, shared alike
         windows = iter_windows(source, loaded.tokenizer, args.window, args.per_file, args.per_repo, args.seed, exclude)
         got = build_windows(decoder, windows, writer, share, deadline,
                             lambda msg: print(f"  {source.language}={source.root}: {msg}", file=sys.stderr, flush=True))

@@ -285,7 +285,7 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     ``time_budget`` (seconds, steps and the evaluations between epochs) ends training where the
     epochs would take longer: the one-cycle schedule then runs on the share of the budget used,
     so the last steps still have a low rate.  ``drafthead build`` promises its minutes: on a
-    2-core AMD EPYC without AMX its 2 epochs took 34 minutes of a 45-minute build on their own.
+    2-core AMD EPYC without AMX its 2 epochs had taken 34 minutes of a build given 45 for everything.
     """
     torch.manual_seed(seed)
     depth = train.ahead.shape[1]

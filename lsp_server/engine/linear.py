@@ -15,8 +15,9 @@ matrix-matrix kernel that does not.  For Qwen2.5-Coder-0.5B's MLP down projectio
 (4864 -> 896) the single-row result differs in the last bit for some inputs (11 of 32
 random rows unpacked, 1 of 9 packed), so a token decoded alone (plain greedy decoding) and the same token inside a
 verification tree got different hidden states, and bf16 speculation flipped greedy
-near-ties.  A single row is therefore computed as two copies of it: every row then gets
-the same bits whatever the row count (checked for 2 to 2,100 rows, packed or not).
+near-ties.  A single row is therefore computed as two copies of it (or more, where that
+was timed faster: ``small_calls``): every row then gets the same bits whatever the row
+count (checked for 2 to 2,100 rows, packed or not).
 
 On a CPU with AMX (Intel Sapphire Rapids and later) oneDNN's bf16 product picks its
 blocking by the row count too: a row got other bits in a call of more than 32 rows than
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -78,19 +79,20 @@ def tree_rows_apart(rows: int) -> Iterator[None]:
         _TREE_ROWS.reset(token)
 
 
-def _pairs(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """``input`` as a 2-D matrix of at least two rows; True if a single row was doubled."""
-    rows = input.reshape(-1, input.shape[-1])
-    if rows.shape[0] == 1:
-        return torch.cat([rows, rows]), True
-    return rows, False
+def _padded(rows: torch.Tensor, min_rows: int) -> torch.Tensor:
+    """``rows`` [n, features] with copies of its first row added up to ``min_rows`` rows."""
+    missing = min_rows - rows.shape[0]
+    return torch.cat([rows, rows[:1].expand(missing, -1)]) if missing > 0 else rows
 
 
 class RowInvariantLinear(torch.nn.Linear):
-    """``nn.Linear`` that never hands its kernel a single row (where packing is not available)
-    nor more than ``max_rows`` rows in one call."""
+    """``nn.Linear`` that never hands its kernel fewer than ``min_rows`` rows (a single row
+    takes the matrix-vector kernel) nor more than ``max_rows`` rows in one call."""
 
     max_rows: int | None = None
+    min_rows: int = 2
+    """Smaller calls are padded with copies of a row to this many; more than 2 where that
+    was timed faster on this machine (``small_calls``)."""
     prompt_rows: int | None = None
     """A prompt's rows go in calls of this many (None: one call); see ``prompt_calls``."""
 
@@ -98,9 +100,8 @@ class RowInvariantLinear(torch.nn.Linear):
         return torch.nn.functional.linear(rows, self.weight, self.bias)
 
     def _call(self, rows: torch.Tensor) -> torch.Tensor:
-        pairs, doubled = _pairs(rows)
-        out = self._product(pairs)
-        return out[:1] if doubled else out
+        out = self._product(_padded(rows, self.min_rows))
+        return out[: rows.shape[0]]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rows = input.reshape(-1, input.shape[-1])
@@ -201,6 +202,30 @@ def rows_per_call(layers: list[RowInvariantLinear], facts: KernelFacts | None = 
     for layer in layers:
         layer.max_rows = limit
     return limit
+
+
+def tune_per_kind(layers: list[RowInvariantLinear], facts: KernelFacts, fact: str, choices: tuple[int | None, ...],
+                  measure: Callable[[list[RowInvariantLinear]], int | None], attribute: str) -> dict[str, int | None]:
+    """Set ``attribute`` of every layer to its kind's value among ``choices``: read from ``facts``
+    (under ``fact|kind``), else ``measure(the kind's layers)`` and saved there, so a choice
+    timed on this machine is timed once.  Returns each kind's value."""
+    kinds: dict[str, list[RowInvariantLinear]] = {}
+    for layer in layers:
+        kinds.setdefault(layer_kind(layer), []).append(layer)
+    values = {}
+    for kind, members in kinds.items():
+        key = f"{fact}|{kind}"
+        saved = facts.get(key)
+        if isinstance(saved, dict) and "rows" in saved and saved["rows"] in choices:
+            value = saved["rows"]
+        else:
+            value = measure(members)
+            facts.put(key, {"rows": value})
+            log.info("%s for %s: %s", fact, kind, value)
+        for layer in members:
+            setattr(layer, attribute, value)
+        values[kind] = value
+    return values
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..paths import cache_root
-from . import attention, default_model, linear, prompt_calls
+from . import attention, default_model, linear, prompt_calls, small_calls
 from .device import resolve_device, resolve_dtype
 from .kernel_facts import this_machine
 
@@ -135,7 +135,7 @@ def load(
     keep_half = draft_copy and torch_dtype == torch.float32
     if torch_device.type == "cpu":  # with ``attention``: a token's bits do not depend on its pass
         kernels += f", {linear.install_row_invariant(model, keep_half=keep_half)} linear"
-        kernels += _split_prompts(model)
+        kernels += _split_prompts(model) + _pad_small_calls(model)
     half_copy = keep_half or "packed" not in kernels
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s/%s (%s) in %.1fs", name, torch_device, torch_dtype, kernels, seconds)
@@ -147,5 +147,17 @@ def _split_prompts(model: PreTrainedModel) -> str:
     LM head takes a prompt's last row only) and say which kinds run prompts in pieces."""
     body = [module for module in model.base_model.modules() if isinstance(module, linear.RowInvariantLinear)]
     split = prompt_calls.split_prompts(body, this_machine())
-    return "".join(f", prompts in {size}-row calls for {kind.split('|')[1]}x{kind.split('|')[2]}"
-                   for kind, size in split.items())
+    return "".join(f", prompts in {size}-row calls for {_shape(kind)}" for kind, size in split.items())
+
+
+def _pad_small_calls(model: PreTrainedModel) -> str:
+    """Time single rows through every layer kind once per machine (``small_calls``) and say
+    which kinds pad them to more than two rows."""
+    layers = [module for module in model.modules() if isinstance(module, linear.RowInvariantLinear)]
+    padded = small_calls.pad_small_calls(layers, this_machine())
+    return "".join(f", single rows as {size} for {_shape(kind)}" for kind, size in padded.items())
+
+
+def _shape(kind: str) -> str:
+    """A layer kind's (``linear.layer_kind``) shape, as the load log names it: in x out."""
+    return "x".join(kind.split("|")[1:3])

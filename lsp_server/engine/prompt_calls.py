@@ -17,16 +17,13 @@ timing (about a second for the default model) runs at the first load only.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 
 import torch
 
 from .kernel_facts import KernelFacts
-from .linear import RowInvariantLinear, layer_kind, weight_dtype
-
-log = logging.getLogger(__name__)
+from .linear import RowInvariantLinear, tune_per_kind, weight_dtype
 
 SIZES = (512, 256)
 """Call sizes tried for a prompt's rows, beside one call."""
@@ -70,21 +67,6 @@ def fastest_split(layer: RowInvariantLinear) -> int | None:
 def split_prompts(layers: list[RowInvariantLinear], facts: KernelFacts) -> dict[str, int]:
     """Set every layer's ``prompt_rows`` to its kind's fastest split, timed here or read from
     ``facts``; returns the kinds that are split (for the load log)."""
-    kinds: dict[str, list[RowInvariantLinear]] = {}
-    for layer in layers:
-        kinds.setdefault(layer_kind(layer), []).append(layer)
-    split = {}
-    for kind, members in kinds.items():
-        key = f"prompt-rows|{kind}"
-        saved = facts.get(key)
-        if isinstance(saved, dict) and saved.get("rows") in (None, *SIZES):
-            size = saved["rows"]
-        else:
-            size = fastest_split(members[0])
-            facts.put(key, {"rows": size})
-            log.info("prompt rows per call for %s: %s", kind, size or "all")
-        for layer in members:
-            layer.prompt_rows = size
-        if size:
-            split[kind] = size
-    return split
+    splits = tune_per_kind(layers, facts, "prompt-rows", (None, *SIZES), lambda members: fastest_split(members[0]),
+                           "prompt_rows")
+    return {kind: size for kind, size in splits.items() if size}

@@ -68,3 +68,4 @@ def test_a_padded_row_gets_the_bits_it_gets_among_others(min_rows, dtype):
             assert torch.equal(layer(rows[index : index + 1]), together[index : index + 1])
         for size in (2, 3):
             assert torch.equal(layer(rows[5 : 5 + size]), together[5 : 5 + size])
+        assert layer(rows[:0]).shape == (0, 896)  # nothing to pad

@@ -80,9 +80,9 @@ def tree_rows_apart(rows: int) -> Iterator[None]:
 
 
 def _padded(rows: torch.Tensor, min_rows: int) -> torch.Tensor:
-    """``rows`` [n, features] with copies of its first row added up to ``min_rows`` rows."""
+    """``rows`` [n, features] with copies of its first row added up to ``min_rows`` rows (none if n is 0)."""
     missing = min_rows - rows.shape[0]
-    return torch.cat([rows, rows[:1].expand(missing, -1)]) if missing > 0 else rows
+    return torch.cat([rows, rows[:1].expand(missing, -1)]) if missing > 0 and len(rows) else rows
 
 
 class RowInvariantLinear(torch.nn.Linear):

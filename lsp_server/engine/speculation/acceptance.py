@@ -29,6 +29,8 @@ import bisect
 from collections import defaultdict
 from collections.abc import Sequence
 
+from .isotonic import non_decreasing
+
 
 class Rate:
     """A decayed estimate of a probability, starting from a prior worth a few observations."""
@@ -68,16 +70,10 @@ class NodeCalibration:
         return min(len(self.rates) - 1, max(0, int(probability * len(self.rates))))
 
     def _monotone_values(self) -> list[float]:
-        """The buckets' rates made non-decreasing by weighted isotonic regression (pooling
-        adjacent violators): a bucket seen less often, still near its prior, is pooled with
-        its well-observed neighbours instead of holding them up."""
-        blocks: list[list[float]] = []  # [hits, trials, buckets]
-        for rate in self.rates:
-            blocks.append([rate.hits, rate.trials, 1])
-            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-                hits, trials, count = blocks.pop()
-                blocks[-1] = [blocks[-1][0] + hits, blocks[-1][1] + trials, blocks[-1][2] + count]
-        return [hits / trials for hits, trials, count in blocks for _ in range(int(count))]
+        """The buckets' rates made non-decreasing, weighted by their trials: a bucket seen less
+        often, still near its prior, is pooled with its well-observed neighbours instead of
+        holding them up."""
+        return non_decreasing([rate.value for rate in self.rates], [rate.trials for rate in self.rates])
 
     def __call__(self, probabilities: Sequence[float]) -> list[float]:
         values = self._monotone_values()

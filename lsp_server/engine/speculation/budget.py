@@ -16,10 +16,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .isotonic import non_decreasing
+
 log = logging.getLogger(__name__)
 
-SIZES = (0, 2, 4, 8, 15, 16, 24, 31, 32, 48, 64)
-"""Tree sizes measured.  15/16 and 31/32 straddle the steps of a CPU whose products are
+SIZES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 16, 20, 24, 31, 32, 48, 64)
+"""Tree sizes measured.  Every size up to 8: on this 2-core CPU (bf16, single rows padded
+to 3-4 rows, ``engine.small_calls``) a pass costs about the same up to 4-5 nodes and then
+steps up (512-token cache: 0 nodes 67 ms, 4 nodes 69, 6 nodes 76, 8 nodes 78, 12 nodes 95);
+a curve through 0, 2, 4 and 8 alone priced the 3rd to 5th node at a slope they do not
+have.  15/16 and 31/32 straddle the steps of a CPU whose products are
 split into calls of at most 16 or 32 rows (``engine.linear.rows_per_call``; with the
 pending token, 32 nodes are 33 rows): on AMX here 31 nodes cost about what 16 do and
 32 nodes 1.6 times that, a step that a curve through 16 and 32 alone would smear over
@@ -33,8 +39,8 @@ class VerifyCostModel:
         if len(sizes) != len(seconds) or not sizes:
             raise ValueError("need one time per size")
         self.sizes = list(sizes)
-        # A bigger tree never costs less: smooth out timing noise so the curve is monotone.
-        self.seconds = [max(seconds[: i + 1]) for i in range(len(seconds))]
+        # A bigger tree never costs less: timing noise is pooled away (isotonic fit).
+        self.seconds = non_decreasing(seconds)
 
     def __call__(self, nodes: int) -> float:
         i = bisect.bisect_left(self.sizes, nodes)
@@ -51,17 +57,17 @@ class VerifyCostModel:
 
     @classmethod
     def measure(cls, run_pass: Callable[[int], None], repeats: int = 3, sizes: Sequence[int] = SIZES) -> VerifyCostModel:
-        """Time ``run_pass(n)`` for each size; the median of ``repeats`` runs each."""
+        """Time ``run_pass(n)`` for each size; the median of ``repeats`` runs each.  The sizes
+        are timed in turn, round after round, so that a slow spell of the machine spreads over
+        all of them instead of lifting a few neighbours above the rest."""
         run_pass(0)  # warm-up: first passes pay for allocations
-        seconds = []
-        for size in sizes:
-            samples = []
-            for _ in range(repeats):
+        samples: list[list[float]] = [[] for _ in sizes]
+        for _ in range(repeats):
+            for size, times in zip(sizes, samples):
                 started = time.perf_counter()
                 run_pass(size)
-                samples.append(time.perf_counter() - started)
-            seconds.append(sorted(samples)[len(samples) // 2])
-        return cls(sizes, seconds)
+                times.append(time.perf_counter() - started)
+        return cls(sizes, [sorted(times)[len(times) // 2] for times in samples])
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +90,15 @@ class OnlineCost:
     computation from any tree pass (one token, no mask: the cheapest kernels), so the cost
     has a step between 0 and 1 node that a single line would smooth away, making small
     trees look cheap.  So plain passes and tree passes are tracked apart: plain passes by
-    a decayed mean, tree passes by decayed least squares ``a + b * n`` once their sizes
-    vary enough, else by the calibrated curve shifted through their mean.  Past the
-    largest tree observed, the line grows by its own slope or by the calibrated curve's
-    rise, whichever is more: a CPU whose products are split into 32-row calls has a step
-    there that a line through the smaller trees cannot know about.
+    a decayed mean, tree passes by decayed least squares on the calibrated curve,
+    ``a + b * calibrated(n)``, once their sizes vary enough, else by the calibrated curve
+    shifted through their mean.  Fitting the curve rather than a line through ``n`` keeps
+    its shape: here a pass costs about the same up to 4-5 nodes and then steps up, and
+    a line through HumanEval's trees (mostly 2-3 nodes, some 6-8) priced the 4th and 5th
+    node at 6 ms each where they cost about 1 ms (``SIZES``), so trees stopped at 3.  Past
+    the largest tree observed, the fit grows by the calibrated rise, scaled up where the
+    fit's scale is above 1 (never down): a CPU whose products are split into 32-row calls
+    has a step there that the smaller trees cannot show.
     """
 
     def __init__(self, calibrated: VerifyCostModel, decay: float = 0.97, min_weight: float = 8.0) -> None:
@@ -96,7 +106,7 @@ class OnlineCost:
         self.decay = decay
         self.min_weight = min_weight
         self._plain = [0.0, 0.0]  # weight, Σt
-        self._sums = [0.0] * 5  # tree passes: weight, Σn, Σt, Σn², Σnt
+        self._sums = [0.0] * 7  # tree passes: weight, Σn, Σn², Σc, Σc², Σt, Σct (c: calibrated cost)
         self._largest = 0
 
     def observe(self, nodes: int, seconds: float) -> None:
@@ -104,24 +114,23 @@ class OnlineCost:
             w, st = (value * self.decay for value in self._plain)
             self._plain = [w + 1, st + seconds]
             return
-        w, sn, st, snn, snt = (value * self.decay for value in self._sums)
-        self._sums = [w + 1, sn + nodes, st + seconds, snn + nodes * nodes, snt + nodes * seconds]
+        c = self.calibrated(nodes)
+        added = (1.0, nodes, nodes * nodes, c, c * c, seconds, c * seconds)
+        self._sums = [value * self.decay + new for value, new in zip(self._sums, added)]
         self._largest = max(self._largest, nodes)
 
     def _tree_cost(self, nodes: int) -> float:
-        w, sn, st, snn, snt = self._sums
+        w, sn, snn, sc, scc, st, sct = self._sums
         if w < self.min_weight:
             return self.calibrated(nodes)
-        mean_n, mean_t = sn / w, st / w
-        variance = snn / w - mean_n**2
-        if variance >= 4.0:  # sizes varied enough to tell the slope
-            slope = (snt / w - mean_n * mean_t) / variance
-            intercept = mean_t - slope * mean_n
-            if slope > 0 and intercept > 0:
-                within = min(nodes, self._largest)
-                beyond = max(slope * (nodes - within), self.calibrated(nodes) - self.calibrated(within))
-                return intercept + slope * within + beyond
-        return self.calibrated(nodes) + mean_t - self.calibrated(round(mean_n))
+        mean_c, mean_t = sc / w, st / w
+        size_variance, cost_variance = snn / w - (sn / w) ** 2, scc / w - mean_c**2
+        if size_variance >= 4.0 and cost_variance > (1e-3 * mean_c) ** 2:  # sizes varied enough to tell the scale
+            scale = (sct / w - mean_c * mean_t) / cost_variance
+            if scale > 0 and mean_t + scale * (self.calibrated(1) - mean_c) > 0:
+                within = self.calibrated(min(nodes, self._largest))
+                return mean_t + scale * (within - mean_c) + max(scale, 1.0) * (self.calibrated(nodes) - within)
+        return self.calibrated(nodes) + mean_t - mean_c
 
     def __call__(self, nodes: int) -> float:
         if nodes > 0:

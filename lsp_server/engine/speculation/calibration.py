@@ -49,9 +49,10 @@ def measure(verify: TreeVerifier, vocab: int, context_tokens: int = 512, repeats
     return VerifyCostModel.measure(run_pass, repeats)
 
 
-CURVE_VERSION = 3
-"""Part of a saved curve's name: curves saved before the busy check (version 1) or before
-the sizes around 16 and 32 rows (version 2) are measured anew."""
+CURVE_VERSION = 4
+"""Part of a saved curve's name: curves saved before the busy check (version 1), before
+the sizes around 16 and 32 rows (version 2) or before every size up to 8 (version 3) are
+measured anew."""
 
 BUSY_ELSEWHERE = 0.25
 """Share of the machine's CPU time other processes may use while measuring, for the curve to be saved."""

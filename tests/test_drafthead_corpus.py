@@ -126,9 +126,14 @@ def test_build_runs_the_whole_recipe_and_a_second_build_adds_new_generations(tmp
         assert not set(one["sample_path"] + one["sample_name"]) & set(two["sample_path"] + two["sample_name"])
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["pairs"] > first["pairs"]  # trained on both builds' shards
+    assert "init" not in first and second["init"]["head"] == str(head)  # the second build continued the first's head
+    assert second["lr"] < first["lr"] and second["init"]["pairs"] == first["pairs"]
     assert main([*build, "--exclude-repo", "gamma", "--minutes", "0.01", "--report", str(tmp_path / "third.json")]) == 0
     third = json.loads((tmp_path / "third.json").read_text())
     assert third["excluded_repos"] == ["gamma"] and "gamma" not in third["repos"]
+    assert "init" not in third  # the head had learned from gamma: a new one, not a continued one
+    assert main([*build, "--fresh", "--minutes", "0.01", "--report", str(tmp_path / "fourth.json")]) == 0
+    assert "init" not in json.loads((tmp_path / "fourth.json").read_text())
 
 
 def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path, tiny_model_dir):

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import DRAFT_LEVELS
+from . import DRAFT_LEVELS, TRAIN_LR
+from .build import CONTINUE_LR
 
 
 def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--context", type=int, default=128,
                         help="train: earlier positions the head attends to (0: none, an MLP on the last state)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6; build: 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6; build: 2, or 1 where it continues a head)")
     parser.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="train: the dtype of the training products, weights stay float32 (auto: bfloat16 "
                              "where the CPU runs it natively)")
@@ -60,7 +61,11 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--init", type=Path, metavar="HEAD",
                         help="train: continue from this trained head (its vocabulary, width and context; its "
                              "repositories stay in the new head's list), e.g. to add new data at a lower --lr")
-    parser.add_argument("--lr", type=float, default=2e-3, help="train: the one-cycle schedule's peak learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"train: the one-cycle schedule's peak learning rate (default: {TRAIN_LR}; build: "
+                             f"{CONTINUE_LR} where it continues a head)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="build: train a new head even where one it could continue exists")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="write the report as JSON here")
@@ -185,7 +190,7 @@ def _train(args: argparse.Namespace) -> int:
         budget = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
         head, batches, steps, planned = train_draft_head(
             data, train, labels, embed, loaded.model.get_output_embeddings(), args.vocab, args.width, epochs,
-            args.seed, lr=args.lr, evaluate=evaluate, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+            args.seed, lr=args.lr or TRAIN_LR, evaluate=evaluate, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
             compute_dtype=compute_dtype, repeat=args.repeat, context=args.context, init=init, time_budget=budget)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -202,7 +207,7 @@ def _train(args: argparse.Namespace) -> int:
                 "repeat": sorted(args.repeat),
                 "train_dtype": str(compute_dtype).removeprefix("torch."), "holdout_fraction": args.holdout_fraction,
                 "heldout": heldout, "bigram_baseline": bigram, "vocab_coverage": coverage,
-                "lr": args.lr,
+                "lr": args.lr or TRAIN_LR,
                 "sources": sorted({s for m in data.meta for s in m.get("sources", [])}),
                 "repos": sorted(set(repos[masks["train"]].tolist())),
                 "excluded_repos": sorted(repository_names(args.exclude_repo))}

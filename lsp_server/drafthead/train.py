@@ -33,6 +33,7 @@ import torch
 from ..genguard.data import greedy_picks
 from ..genguard.head import STOP
 from ..genguard.train import Dataset
+from . import TRAIN_LR
 from .head import DraftHead, score_rows
 
 
@@ -260,7 +261,7 @@ _SCHEDULE_POINTS = 10_000
 
 def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: torch.Tensor, lm_head: torch.nn.Module,
                      vocab_size: int = 16384, width: int = 1024, epochs: int = 6, seed: int = 0, batch: int = 2048,
-                     lr: float = 2e-3, progress: Callable[[str], None] = lambda _m: None,
+                     lr: float = TRAIN_LR, progress: Callable[[str], None] = lambda _m: None,
                      evaluate: Callable[[DraftHead, _Batches], str] | None = None,
                      compute_dtype: torch.dtype = torch.float32, repeat: Sequence[str] = (),
                      context: int = 128, init: DraftHead | None = None,

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from lsp_server.cli import main
+from lsp_server.drafthead import train as drafthead_train
 from lsp_server.drafthead.corpus import iter_windows, window_sample
 from lsp_server.drafthead.head import read_head_info
 from lsp_server.engine.decoding import Decoder
@@ -136,7 +137,7 @@ def test_build_runs_the_whole_recipe_and_a_second_build_adds_new_generations(tmp
     assert "init" not in json.loads((tmp_path / "fourth.json").read_text())
 
 
-def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path, tiny_model_dir):
+def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path, tiny_model_dir, monkeypatch):
     root = _repos(tmp_path / "py", ("alpha", "beta", "gamma", "delta"))
     shard = tmp_path / "data" / "files.npz"
     assert main(["drafthead", "build-data", "--model", str(tiny_model_dir), "--source", f"python={root}",
@@ -155,9 +156,18 @@ def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path,
     assert set(info.training["repos"]) == set(learned)  # left out now, but the first head had learned from it
     continued = json.loads(report.read_text())
     assert continued["init"]["head"] == str(first) and continued["vocab"] == read_head_info(first).training["vocab"] <= 48
+    judged = continued["continued"]
+    assert judged["judged_on"] == "file" and judged["before"] == judged["after"]  # nothing moved: a tie
+    assert judged["kept"] == "continued head"
     with safe_open(str(first), "pt") as before, safe_open(str(second), "pt") as after:
         assert before.keys() == after.keys()
         for name in before.keys():  # no learning rate: nothing moved
             assert torch.equal(before.get_tensor(name), after.get_tensor(name)), name
+    # Where the head it started from guessed better (here: said to be perfect), that head is kept.
+    monkeypatch.setattr(drafthead_train, "head_accuracy", lambda *args: [(1.0, 1.0)] * 3)
+    third, kept = tmp_path / "third.st", tmp_path / "third.json"
+    assert main([*common, "--init", str(first), "--out", str(third), "--report", str(kept)]) == 0
+    assert json.loads(kept.read_text())["continued"]["kept"] == "earlier head"
+    assert third.read_bytes() == first.read_bytes()
     assert main([*common[:-1], "0.3", "--init", str(first), "--out", str(second)]) == 2  # another held-out split
     assert main([*common, "--init", str(tmp_path / "missing.st"), "--out", str(second)]) == 2

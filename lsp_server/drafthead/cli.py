@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,8 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                              "case), e.g. one you will benchmark: `bench --workspace` refuses a head trained on it")
     parser.add_argument("--init", type=Path, metavar="HEAD",
                         help="train: continue from this trained head (its vocabulary, width and context; its "
-                             "repositories stay in the new head's list), e.g. to add new data at a lower --lr")
+                             "repositories stay in the new head's list), e.g. to add new data at a lower --lr; "
+                             "where the result guesses worse on held-out generations, this head is kept")
     parser.add_argument("--lr", type=float, default=None,
                         help=f"train: the one-cycle schedule's peak learning rate (default: {TRAIN_LR}; build: "
                              f"{CONTINUE_LR} where it continues a head)")
@@ -134,7 +136,8 @@ def _train(args: argparse.Namespace) -> int:
     from ..genguard.train import emit_report, load_shards, split
     from .head import DraftHeadInfo, HeadError, head_path_for, load_draft_head, save_draft_head
     from .provenance import repository_name, repository_names
-    from .train import accuracy, bigram_accuracy, heldout_parts, model_picks, pair_copies, pairs, train_draft_head
+    from .train import (accuracy, bigram_accuracy, head_accuracy, heldout_parts, judged_part, mean_top1, model_picks,
+                        pair_copies, pairs, train_draft_head)
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -185,6 +188,11 @@ def _train(args: argparse.Namespace) -> int:
         args.width, args.context = init_info.width, init_info.context
 
     embed = loaded.model.get_input_embeddings().weight.detach()
+    judged = judged_part(tests) if init is not None else None
+    before = None
+    if init is not None and judged is not None:  # judged before training, so the time budget covers it
+        before = head_accuracy(init, data, labels, embed, loaded.model.get_output_embeddings(), tests[judged])
+        print(f"the head continued from: {judged} top1/top4 {before}", file=sys.stderr)
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
         budget = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
@@ -219,7 +227,20 @@ def _train(args: argparse.Namespace) -> int:
         training["excluded_repos"] = sorted(set(training["excluded_repos"])
                                             & set(init_info.training.get("excluded_repos", [])))
     out = args.out or head_path_for(loaded.name)
-    info = DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, args.context, training)
-    save_draft_head(out, head, info)
+    kept = False
+    if before is not None and judged is not None:
+        kept = mean_top1(last[judged]) < mean_top1(before)
+        training["continued"] = {"judged_on": judged, "before": before, "after": last[judged],
+                                 "kept": "earlier head" if kept else "continued head"}
+    if kept:  # running the build again never leaves a worse head behind
+        print(f"the continued head guessed worse on held-out {judged} than the head it started from "
+              f"(mean first guesses {mean_top1(last[judged]):.3f} against {mean_top1(before):.3f}): "
+              f"{args.init} is kept", file=sys.stderr)
+        if out.resolve() != args.init.resolve():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(args.init, out)
+    else:
+        info = DraftHeadInfo(loaded.name, int(data.features.shape[1]), key, args.width, args.context, training)
+        save_draft_head(out, head, info)
     return emit_report({"head": str(out), **training, "seconds": round(time.perf_counter() - started, 1)},
                        args.report)

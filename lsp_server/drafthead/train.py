@@ -214,6 +214,31 @@ def accuracy(head: DraftHead, batches: _Batches, data: Dataset, test: Pairs, con
     return [(round(a / n, 3), round(b / n, 3)) for a, b in zip(top1, topk)]
 
 
+def judged_part(tests: dict[str, Pairs]) -> str | None:
+    """The held-out part a continued head is judged on against the head it started from: the
+    generations inside the function (what the editor meets, ``heldout_parts``) where the shards
+    have any, else the first part with pairs; None where no part has any."""
+    for name in ("generated", *sorted(tests)):
+        if name in tests and len(tests[name].rows):
+            return name
+    return None
+
+
+def head_accuracy(head: DraftHead, data: Dataset, labels: np.ndarray, embed: torch.Tensor, lm_head: torch.nn.Module,
+                  test: Pairs) -> list[tuple[float, float]]:
+    """``accuracy`` of a trained head (float32 here, as training evaluates) outside training."""
+    head = copy.deepcopy(head).float().eval()
+    batches = _Batches(data, labels, embed.float(), score_rows(lm_head, head.vocab, data.features.shape[1]).float(),
+                       head.vocab)
+    return accuracy(head, batches, data, test, head.context)
+
+
+def mean_top1(result: Sequence[tuple[float, float]]) -> float:
+    """The mean over the unrolled steps of first guesses right: how far a chain of the head's
+    guesses gets, roughly, which is what the drafts are worth."""
+    return sum(top1 for top1, _ in result) / max(1, len(result))
+
+
 def pair_copies(kinds: np.ndarray, specs: list[str]) -> np.ndarray | None:
     """Per item (window or pair) of the given kinds, how many times an epoch sees it, from
     ``KIND=N`` specs (other kinds once); None without specs.  Raises ValueError on a malformed

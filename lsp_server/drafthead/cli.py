@@ -188,11 +188,12 @@ def _train(args: argparse.Namespace) -> int:
         args.width, args.context = init_info.width, init_info.context
 
     embed = loaded.model.get_input_embeddings().weight.detach()
-    judged = judged_part(tests) if init is not None else None
-    before = None
-    if init is not None and judged is not None:  # judged before training, so the time budget covers it
-        before = head_accuracy(init, data, labels, embed, loaded.model.get_output_embeddings(), tests[judged])
-        print(f"the head continued from: {judged} top1/top4 {before}", file=sys.stderr)
+    baseline = None
+    """The held-out part a continued head is judged on and the accuracy there of the head it
+    starts from, measured before training so that the time budget covers it."""
+    if init is not None and (judged := judged_part(tests)) is not None:
+        baseline = judged, head_accuracy(init, data, labels, embed, loaded.model.get_output_embeddings(), tests[judged])
+        print(f"the head continued from: {judged} top1/top4 {baseline[1]}", file=sys.stderr)
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
         budget = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
@@ -228,14 +229,16 @@ def _train(args: argparse.Namespace) -> int:
                                             & set(init_info.training.get("excluded_repos", [])))
     out = args.out or head_path_for(loaded.name)
     kept = False
-    if before is not None and judged is not None:
+    if baseline is not None:
+        judged, before = baseline
         kept = mean_top1(last[judged]) < mean_top1(before)
         training["continued"] = {"judged_on": judged, "before": before, "after": last[judged],
                                  "kept": "earlier head" if kept else "continued head"}
+        if kept:
+            print(f"the continued head guessed worse on held-out {judged} than the head it started from "
+                  f"(mean first guesses {mean_top1(last[judged]):.3f} against {mean_top1(before):.3f}): "
+                  f"{args.init} is kept", file=sys.stderr)
     if kept:  # running the build again never leaves a worse head behind
-        print(f"the continued head guessed worse on held-out {judged} than the head it started from "
-              f"(mean first guesses {mean_top1(last[judged]):.3f} against {mean_top1(before):.3f}): "
-              f"{args.init} is kept", file=sys.stderr)
         if out.resolve() != args.init.resolve():
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(args.init, out)

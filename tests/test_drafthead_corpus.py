@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -171,3 +172,32 @@ def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path,
     assert third.read_bytes() == first.read_bytes()
     assert main([*common[:-1], "0.3", "--init", str(first), "--out", str(second)]) == 2  # another held-out split
     assert main([*common, "--init", str(tmp_path / "missing.st"), "--out", str(second)]) == 2
+
+
+def test_the_closing_evaluation_is_priced_by_the_positions_it_reads():
+    # Samples 0 and 1 (4 and 2 positions) hold pairs of one part, sample 2 (3 positions) of both.
+    index = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    data = SimpleNamespace(sample_index=index, samples=3)
+    inside, after = drafthead_train.Pairs(np.array([0, 4, 6]), *[np.zeros((3, 1))] * 2), \
+        drafthead_train.Pairs(np.array([7]), *[np.zeros((1, 1))] * 2)
+    assert drafthead_train.positions_read(data, inside) == 9 and drafthead_train.positions_read(data, after) == 3
+    # A part sharing its samples with another costs its samples' positions again, not its pairs.
+    assert drafthead_train.closing_evaluation_seconds(data, {"a": inside, "b": after}, 3.0, after) == 12.0
+
+
+def test_a_time_budget_keeps_time_for_the_closing_evaluation(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    root = _repos(tmp_path / "py", ("alpha", "beta", "gamma", "delta"))
+    shard = tmp_path / "data" / "files.npz"
+    assert main(["drafthead", "build-data", "--model", str(tiny_model_dir), "--source", f"python={root}",
+                 "--tokens", "2000", "--window", "96", "--per-repo", "600", "--out", str(shard)]) == 0
+    train = ["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
+             "--width", "16", "--epochs", "2", "--holdout-fraction", "0.5", "--time-budget", "600",
+             "--out", str(tmp_path / "head.st")]
+    capsys.readouterr()
+    assert main(train) == 0  # a cheap evaluation leaves the steps all they need
+    err = capsys.readouterr().err
+    assert "kept for the closing evaluation" in err and "time budget reached" not in err
+    probe = drafthead_train.timed_probe
+    monkeypatch.setattr(drafthead_train, "timed_probe", lambda *args: (1e6, probe(*args)[1]))
+    assert main(train) == 0  # an evaluation said to take longer than the budget: one step, then it
+    assert re.search(r"time budget reached after 1 of \d+ steps", capsys.readouterr().err)

@@ -35,8 +35,9 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                              "build: the standard library and the installed packages)")
     parser.add_argument("--tokens", type=int, default=400_000, help="build-data: positions to store")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="build-data: store what is done by then; train: stop training by then (the "
-                             "learning rate comes down over the budget)")
+                        help="build-data: store what is done by then; train: finish by then, the evaluation of "
+                             "the held-out parts after the last step included (the learning rate comes down "
+                             "over the training's share)")
     parser.add_argument("--window", type=int, default=512, help="build-data: tokens per forward pass")
     parser.add_argument("--per-file", type=int, default=2, help="build-data: windows per file")
     parser.add_argument("--per-repo", type=int, default=20_000, help="build-data: tokens per repository")
@@ -134,10 +135,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..engine.loader import load
     from ..genguard.head import model_key, tokenizer_hash
     from ..genguard.train import emit_report, load_shards, split
-    from .head import DraftHeadInfo, HeadError, head_path_for, load_draft_head, save_draft_head
+    from .head import DraftHead, DraftHeadInfo, HeadError, head_path_for, load_draft_head, save_draft_head
     from .provenance import repository_name, repository_names
-    from .train import (accuracy, bigram_accuracy, head_accuracy, heldout_parts, judged_part, mean_top1, model_picks,
-                        pair_copies, pairs, train_draft_head)
+    from .train import (Pairs, accuracy, bigram_accuracy, closing_evaluation_seconds, head_accuracy, heldout_parts,
+                        judged_part, mean_top1, model_picks, pair_copies, pairs, timed_probe, train_draft_head)
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -188,17 +189,30 @@ def _train(args: argparse.Namespace) -> int:
         args.width, args.context = init_info.width, init_info.context
 
     embed = loaded.model.get_input_embeddings().weight.detach()
+    lm_head = loaded.model.get_output_embeddings()
     baseline = None
     """The held-out part a continued head is judged on and the accuracy there of the head it
     starts from, measured before training so that the time budget covers it."""
+    timed: tuple[float, Pairs] | None = None
+    """One evaluation before training and what it read: the closing evaluation's time follows."""
     if init is not None and (judged := judged_part(tests)) is not None:
-        baseline = judged, head_accuracy(init, data, labels, embed, loaded.model.get_output_embeddings(), tests[judged])
+        measuring = time.perf_counter()
+        baseline = judged, head_accuracy(init, data, labels, embed, lm_head, tests[judged])
+        timed = time.perf_counter() - measuring, tests[judged]
         print(f"the head continued from: {judged} top1/top4 {baseline[1]}", file=sys.stderr)
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:
-        budget = None if args.time_budget is None else args.time_budget - (time.perf_counter() - started)
+        budget = None
+        if args.time_budget is not None:  # the evaluation after the last step is part of the budget
+            if timed is None and any(len(part.rows) for part in tests.values()):
+                shape = init or DraftHead(int(data.features.shape[1]), args.width, torch.arange(args.vocab), args.context)
+                timed = timed_probe(data, labels, embed, lm_head, tests, shape)
+            closing = 0.0 if timed is None else closing_evaluation_seconds(data, tests, *timed)
+            budget = args.time_budget - (time.perf_counter() - started) - closing
+            print(f"time budget: {budget:.0f}s for training, about {closing:.0f}s kept for the closing evaluation",
+                  file=sys.stderr)
         head, batches, steps, planned = train_draft_head(
-            data, train, labels, embed, loaded.model.get_output_embeddings(), args.vocab, args.width, epochs,
+            data, train, labels, embed, lm_head, args.vocab, args.width, epochs,
             args.seed, lr=args.lr or TRAIN_LR, evaluate=evaluate, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
             compute_dtype=compute_dtype, repeat=args.repeat, context=args.context, init=init, time_budget=budget)
     except ValueError as exc:

@@ -233,6 +233,35 @@ def head_accuracy(head: DraftHead, data: Dataset, labels: np.ndarray, embed: tor
     return accuracy(head, batches, data, test, head.context)
 
 
+def positions_read(data: Dataset, test: Pairs) -> int:
+    """How many positions ``accuracy`` runs the head over for ``test``: every position of each
+    sample holding one of its pairs (a part such as the generations inside the function shares
+    its samples with another part, so pairs alone undercount the work)."""
+    lengths = np.bincount(data.sample_index, minlength=data.samples)
+    return int(lengths[np.unique(data.sample_index[test.rows])].sum())
+
+
+def closing_evaluation_seconds(data: Dataset, tests: dict[str, Pairs], seconds: float, measured: Pairs) -> float:
+    """About how long the evaluation of every held-out part after training takes, from one
+    evaluation that took ``seconds`` over ``measured``: what a time budget must leave for it
+    (``drafthead build --minutes 45`` ran 47 while it came after the budget)."""
+    probe = positions_read(data, measured)
+    return seconds * sum(positions_read(data, part) for part in tests.values()) / probe if probe else 0.0
+
+
+def timed_probe(data: Dataset, labels: np.ndarray, embed: torch.Tensor, lm_head: torch.nn.Module,
+                tests: dict[str, Pairs], head: DraftHead, pairs_probed: int = 4096) -> tuple[float, Pairs]:
+    """Seconds ``head_accuracy`` takes over the first ``pairs_probed`` pairs of the largest
+    held-out part, and those pairs: for ``closing_evaluation_seconds`` where no evaluation
+    before training was timed anyway (a new head)."""
+    part = max(tests.values(), key=lambda test: len(test.rows))
+    probe = part.subset(np.arange(len(part.rows)) < pairs_probed)
+    started = time.perf_counter()
+    if len(probe.rows):
+        head_accuracy(head, data, labels, embed, lm_head, probe)
+    return time.perf_counter() - started, probe
+
+
 def mean_top1(result: Sequence[tuple[float, float]]) -> float:
     """The mean over the unrolled steps of first guesses right: how far a chain of the head's
     guesses gets, roughly, which is what the drafts are worth."""

@@ -205,8 +205,8 @@ def _train(args: argparse.Namespace) -> int:
         budget = None
         if args.time_budget is not None:  # the evaluation after the last step is part of the budget
             if timed is None and any(len(part.rows) for part in tests.values()):
-                shape = init or DraftHead(int(data.features.shape[1]), args.width, torch.arange(args.vocab), args.context)
-                timed = timed_probe(data, labels, embed, lm_head, tests, shape)
+                shape = DraftHead(int(data.features.shape[1]), args.width, torch.arange(args.vocab), args.context)
+                timed = timed_probe(data, labels, embed, lm_head, tests, shape)  # a new head: none was timed
             closing = 0.0 if timed is None else closing_evaluation_seconds(data, tests, *timed)
             budget = args.time_budget - (time.perf_counter() - started) - closing
             print(f"time budget: {budget:.0f}s for training, about {closing:.0f}s kept for the closing evaluation",

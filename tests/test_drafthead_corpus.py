@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -165,7 +166,7 @@ def test_training_continues_from_a_head_and_keeps_what_it_learned_from(tmp_path,
         for name in before.keys():  # no learning rate: nothing moved
             assert torch.equal(before.get_tensor(name), after.get_tensor(name)), name
     # Where the head it started from guessed better (here: said to be perfect), that head is kept.
-    monkeypatch.setattr(drafthead_train, "head_accuracy", lambda *args: [(1.0, 1.0)] * 3)
+    monkeypatch.setattr(drafthead_train, "head_accuracy", lambda *args: ([(1.0, 1.0)] * 3, 0.0))
     third, kept = tmp_path / "third.st", tmp_path / "third.json"
     assert main([*common, "--init", str(first), "--out", str(third), "--report", str(kept)]) == 0
     assert json.loads(kept.read_text())["continued"]["kept"] == "earlier head"
@@ -193,10 +194,19 @@ def test_a_time_budget_keeps_time_for_the_closing_evaluation(tmp_path, tiny_mode
     train = ["drafthead", "train", "--model", str(tiny_model_dir), "--data", str(shard), "--vocab", "64",
              "--width", "16", "--epochs", "2", "--holdout-fraction", "0.5", "--time-budget", "600",
              "--out", str(tmp_path / "head.st")]
+    rows = drafthead_train.score_rows
+
+    def slow_rows(*args):  # setup that the closing evaluation inside training does not repeat
+        time.sleep(3.0)
+        return rows(*args)
+
+    monkeypatch.setattr(drafthead_train, "score_rows", slow_rows)
     capsys.readouterr()
     assert main(train) == 0  # a cheap evaluation leaves the steps all they need
     err = capsys.readouterr().err
-    assert "kept for the closing evaluation" in err and "time budget reached" not in err
+    assert "time budget reached" not in err
+    assert float(re.search(r"about (\d+)s kept for the closing evaluation", err).group(1)) < 2.0  # setup not priced
+    monkeypatch.setattr(drafthead_train, "score_rows", rows)
     probe = drafthead_train.timed_probe
     monkeypatch.setattr(drafthead_train, "timed_probe", lambda *args: (1e6, probe(*args)[1]))
     assert main(train) == 0  # an evaluation said to take longer than the budget: one step, then it

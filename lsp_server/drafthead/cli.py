@@ -196,9 +196,8 @@ def _train(args: argparse.Namespace) -> int:
     timed: tuple[float, Pairs] | None = None
     """One evaluation before training and what it read: the closing evaluation's time follows."""
     if init is not None and (judged := judged_part(tests)) is not None:
-        measuring = time.perf_counter()
-        baseline = judged, head_accuracy(init, data, labels, embed, lm_head, tests[judged])
-        timed = time.perf_counter() - measuring, tests[judged]
+        before, seconds = head_accuracy(init, data, labels, embed, lm_head, tests[judged])
+        baseline, timed = (judged, before), (seconds, tests[judged])
         print(f"the head continued from: {judged} top1/top4 {baseline[1]}", file=sys.stderr)
     compute_dtype = resolve_dtype(args.train_dtype, torch.device("cpu"))
     try:

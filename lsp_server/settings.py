@@ -83,7 +83,7 @@ class Settings:
     not 2048: on 38 repository tasks (requests, express) the default model's completions
     from 2048-token prompts were a little closer to the real code (edit similarity 0.302
     against 0.274; 18 tasks closer, 13 less close), but took 1.9x the time to the first
-    token on a CPU, where that pass is most of a completion (see README, Prompt)."""
+    token on a CPU, where that pass is most of a completion (see docs/how-it-works.md, Prompt)."""
     enable: bool = field(default=True, metadata={"check": _boolean})
     log_level: str = field(default="info", metadata={"check": _choice(LOG_LEVELS)})
     trust_remote_code: bool = field(default=False, metadata={"check": _boolean})

@@ -1,7 +1,7 @@
 """``swiftguard drafthead build``: a draft head from the code already on this machine, in one
 command and a time budget, training included.
 
-The head is not shipped, and the recipe that made the best ones (README) is three commands
+The head is not shipped, and the recipe that made the best ones (docs/draft-head.md) is three commands
 with a dozen knobs over downloaded source distributions.  This runs that recipe on what
 every machine that runs Swiftguard has: this Python's standard library and its installed
 packages (site-packages: Swiftguard's own dependencies at least), plus any ``--source``
@@ -13,7 +13,7 @@ training on everything until the budget ends.
 The shards stay in the cache dir beside the head.  A later build adds a new generations shard
 of functions not seen before (the files shard is made once) and trains on all of them,
 so running the command again makes the head better: on held-out generations inside the
-function, 1.86 times the generations bought about a point of first guesses (README).  It
+function, 1.86 times the generations bought about a point of first guesses (docs/draft-head.md).  It
 continues the head it finds (``continuable_head``) rather than starting over: one epoch at
 a lower rate, where a new head would need two and, on more shards, more time than the
 budget leaves (a 45-minute build's training had stopped at 307 of 453 steps).

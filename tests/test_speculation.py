@@ -303,6 +303,7 @@ def test_a_likely_sibling_off_the_chain_gets_its_logits_from_the_passs_one_produ
     prompt = _prompt(tiny_loaded, "def add(a, b):\n    ")
     greedy = _decoder(tiny_loaded).generate(prompt, 3).token_ids
     decoder = _decoder(tiny_loaded)
+    decoder.verify.screen = None  # the full product's path (the int8 screen's: test_screened_argmax)
     head, calls = decoder.verify.head, []
     decoder.verify.head = lambda rows: calls.append(len(rows)) or head(rows)
     for sibling_p, products in ((0.5, 1), (ROW_WORTH / 2, 3)):  # unlikely: one more product per row

@@ -7,7 +7,8 @@
   ``--stop``: the baseline a user gets without a learned or syntactic stop rule.
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
   component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``bf16head``, ``seqhead``, ``nolookahead``,
-  ``norecalibrate``, ``noprompttree``, ``fixed16``...).
+  ``norecalibrate``, ``noprompttree``, ``noscreen`` (the LM head read in full every pass),
+  ``fixed16``...).
 - ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
   drafts the true next tokens as one chain, as many as this device's verify-cost curve
   says pay.  No real drafter can do better with this verifier, so it shows how much of a
@@ -211,6 +212,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "norecalibrate": {"recalibrate": False},
     "noprompttree": {"prompt_pass": False},
     "noretrieval": {},
+    "noscreen": {},
     "fixed4": {"fixed_nodes": 4},
     "fixed16": {"fixed_nodes": 16},
     "fixed64": {"fixed_nodes": 64},
@@ -262,7 +264,8 @@ class SwiftMethod:
                  retrieval: Sequence[RetrievalSource], reuse_kv: bool = False) -> None:
         """``reuse_kv``: keep the keys and values of the last prompt's prefix, as the server does
         while the user types (``bench`` tasks are separate documents: off there)."""
-        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=reuse_kv)
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, stop_ids, reuse_kv=reuse_kv,
+                               screen_head=ablation != "noscreen")
         self.drafter = build_drafter(loaded, self.decoder, PromptBuilder(loaded.tokenizer),
                                      DrafterConfig(**ABLATIONS[ablation]),
                                      retrieval=() if ablation == "noretrieval" else retrieval)

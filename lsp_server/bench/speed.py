@@ -264,6 +264,9 @@ def run(args: Any) -> dict[str, Any]:
                 details[name]["drafter"] = method.drafter.stats.as_json()
             if isinstance(method.decoder.verify, CheckedVerifier):
                 details[name]["exactness"] = method.decoder.verify.report()
+            screen = method.decoder.verify.screen
+            if screen is not None:  # one per LM head, shared by the methods that use it
+                details["lm_head_screen"] = {"rows": screen.rows_picked, "full_products": screen.fallbacks}
     if reference is not None:
         details["divergences"] = {
             name: [dict(task_id=t.task_id, **d) for t, p, a, r in zip(tasks, prompts, reference, runs[name])

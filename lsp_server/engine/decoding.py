@@ -20,8 +20,10 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from .kernel_facts import this_machine
 from .kv_cache import forward_with_cache, new_cache
 from .kv_reuse import PrefixKVCache
+from .screened_argmax import screen_for
 from .speculation.draft_tree import DraftTree
 from .speculation.verify import TreeVerifier, Verified
 from ..stop_rule import StopDecision, StopRule
@@ -63,6 +65,13 @@ class DecodeOutput:
     """Tokens each pass produced (1 = no draft token accepted)."""
 
 
+def _final_norm_weight(body: torch.nn.Module) -> torch.Tensor | None:
+    """The scale of the norm before the LM head, where the body has one (``norm``, as in Llama,
+    Qwen and most decoders): how large each channel of the head's input tends to be."""
+    weight = getattr(getattr(body, "norm", None), "weight", None)
+    return weight.detach() if isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
+
+
 class Decoder:
     """Greedy decoding on a warm model; speculative when given a drafter."""
 
@@ -72,13 +81,18 @@ class Decoder:
         tokenizer: PreTrainedTokenizerBase,
         stop_ids: frozenset[int],
         reuse_kv: bool = True,
+        screen_head: bool = True,
     ) -> None:
+        """``screen_head``: pick greedy tokens with the LM head's int8 screen where it pays
+        (``screened_argmax``; on a CPU), instead of reading the whole head every pass."""
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
         self.reuse_kv = reuse_kv
         self.kv = PrefixKVCache()
-        self.verify = TreeVerifier(model.get_decoder(), model.get_output_embeddings(), model.device, model.dtype)
+        body, head = model.get_decoder(), model.get_output_embeddings()
+        screen = screen_for(head, model.config.hidden_size, this_machine(), _final_norm_weight(body)) if screen_head else None
+        self.verify = TreeVerifier(body, head, model.device, model.dtype, screen)
 
     @torch.inference_mode()
     def hidden_states(self, ids: Sequence[int], cache: DynamicCache) -> torch.Tensor:

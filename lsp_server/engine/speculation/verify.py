@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..greedy import greedy_tokens
 from ..kv_cache import forward_with_cache
 from ..linear import tree_rows_apart
+from ..screened_argmax import FullRows, Picks, ScreenedArgmax
 from .draft_tree import DraftTree
 
 ROW_WORTH = 0.08
@@ -42,7 +42,9 @@ class Verified:
     path: list[int]
     """Tree node indices of the matched draft path."""
     logits: torch.Tensor
-    """[len(accepted), vocab]: the logits that chose each accepted token."""
+    """[len(accepted), vocab]: the logits that chose each accepted token (where the LM head was
+    screened, ``screened_argmax``, the screen's float32 estimates: they rank the likeliest
+    tokens, as Token Recycling needs, and the accepted tokens themselves are exact)."""
     fed_states: torch.Tensor | None = None
     """[len(pending) - 1, hidden]: the states of the pending tokens before the last (a prompt's
     pass), row j the state the pending token ``j + 1`` was chosen from; what the draft head reads."""
@@ -91,11 +93,14 @@ def keep_cache_positions(cache: DynamicCache, start: int, offsets: list[int]) ->
 class TreeVerifier:
     """Runs verification passes for one model."""
 
-    def __init__(self, body: torch.nn.Module, head: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, body: torch.nn.Module, head: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                 screen: ScreenedArgmax | None = None) -> None:
+        """``screen``: picks greedy tokens without reading the whole LM head (``screened_argmax``)."""
         self.body = body
         self.head = head
         self.device = device
         self.dtype = dtype
+        self.screen = screen
 
     @torch.inference_mode()
     def __call__(self, cache: DynamicCache, pending: list[int], tree: DraftTree) -> Verified:
@@ -112,12 +117,15 @@ class TreeVerifier:
         children: dict[int, dict[int, int]] = {}
         for index, parent in enumerate(tree.parents):
             children.setdefault(parent, {})[tree.tokens[index]] = index
-        logits_of = self._likely_path_logits(states, tree, children)
+        picked = self._greedy(states, self._likely_rows(tree, children))
         node, rows, accepted, path, logits = -1, [0], [], [], []
         while True:
             row = rows[-1]
-            logits.append(logits_of[row] if row in logits_of else self.head(states[row]))
-            token = int(greedy_tokens(logits[-1]))
+            if row not in picked:
+                picked.update(self._greedy(states, [row]))
+            batch, index = picked[row]
+            logits.append(batch.logits[index])
+            token = batch.token(index)
             accepted.append(token)
             child = children.get(node, {}).get(token)
             if child is None:
@@ -129,10 +137,15 @@ class TreeVerifier:
         fed = out.last_hidden_state[0, : len(pending) - 1]
         return Verified(accepted, states[rows], path, torch.stack(logits), fed)
 
-    def _likely_path_logits(self, states: torch.Tensor, tree: DraftTree,
-                            children: dict[int, dict[int, int]]) -> dict[int, torch.Tensor]:
-        """Logits of the root, the tree's most probable chain and every node at least
-        ``ROW_WORTH`` likely to be accepted, in one matrix product.
+    def _greedy(self, states: torch.Tensor, rows: list[int]) -> dict[int, tuple[Picks, int]]:
+        """One LM-head product (or one screen) over ``rows`` of ``states``: per row, its batch and index."""
+        batch = self.screen(states[rows]) if self.screen is not None else FullRows(self.head(states[rows]))
+        return {row: (batch, index) for index, row in enumerate(rows)}
+
+    @staticmethod
+    def _likely_rows(tree: DraftTree, children: dict[int, dict[int, int]]) -> list[int]:
+        """The root, the tree's most probable chain and every node at least ``ROW_WORTH``
+        likely to be accepted: the rows whose logits one product computes up front.
 
         The LM head is memory-bound for a few rows: one product over several rows costs
         about what one row does, where a call per accepted token would read the whole
@@ -145,5 +158,4 @@ class TreeVerifier:
             node = max(children[node].values(), key=lambda child: tree.probabilities[child])
             rows.append(node + 1)
         chain = set(rows)
-        rows += [index + 1 for index, p in enumerate(tree.probabilities) if p >= ROW_WORTH and index + 1 not in chain]
-        return dict(zip(rows, self.head(states[rows])))
+        return rows + [index + 1 for index, p in enumerate(tree.probabilities) if p >= ROW_WORTH and index + 1 not in chain]

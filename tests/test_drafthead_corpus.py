@@ -211,3 +211,24 @@ def test_a_time_budget_keeps_time_for_the_closing_evaluation(tmp_path, tiny_mode
     monkeypatch.setattr(drafthead_train, "timed_probe", lambda *args: (1e6, probe(*args)[1]))
     assert main(train) == 0  # an evaluation said to take longer than the budget: one step, then it
     assert re.search(r"time budget reached after 1 of \d+ steps", capsys.readouterr().err)
+
+
+def test_a_build_whose_training_ends_early_goes_on_with_another_round(tmp_path, tiny_model_dir, monkeypatch):
+    """Time left after the epochs: new generations, then the head continued, in the same build."""
+    from lsp_server.drafthead import build as drafthead_build
+
+    root = tmp_path / "py"
+    for name in ("alpha", "beta"):
+        (root / name).mkdir(parents=True)
+        (root / name / "mod.py").write_text("".join(
+            f"def {name}_{i}(value):\n    return value * {i} + len(str(value))\n\n\n" for i in range(60)))
+    began = time.perf_counter()
+    monkeypatch.setattr(drafthead_build, "clock", lambda: began + (time.perf_counter() - began) / 100)  # a slow clock
+    monkeypatch.setattr(drafthead_build, "ANOTHER_ROUND_SECONDS", 1.0)
+    monkeypatch.setattr(drafthead_build, "MAX_ROUNDS", 2)
+    shards, head, report = tmp_path / "shards", tmp_path / "head.st", tmp_path / "report.json"
+    assert main(["drafthead", "build", "--model", str(tiny_model_dir), "--source", f"python={root}", "--minutes", "0.05",
+                 "--shards", str(shards), "--vocab", "64", "--width", "16", "--epochs", "1", "--holdout-fraction", "0.5",
+                 "--out", str(head), "--report", str(report)]) == 0
+    assert sorted(path.name for path in shards.iterdir()) == ["files.npz", "generated-1.npz", "generated-2.npz"]
+    assert json.loads(report.read_text())["init"]["head"] == str(head)  # the second round continued the first's head

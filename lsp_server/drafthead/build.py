@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 import sysconfig
-import time
 from pathlib import Path
+from time import perf_counter as clock
 
 from ..paths import cache_root
 
@@ -61,6 +61,13 @@ plus one new generations shard (17 minutes, stopped at 307 of 453 steps) went fr
 HumanEval 40 it took 810 and 809 passes against 831 and 832 for the old head (two runs, both
 heads in each, either order)."""
 CONTINUE_EPOCHS = 1
+ANOTHER_ROUND_SECONDS = 480
+"""Where training ended this long before the budget (its epochs done), the build goes on with
+another round in the time left: new generations, then the head continued on everything, as a
+second build would.  On the AMX Xeon (December 4) a first ``--minutes 45`` build finished its
+2 epochs 12 minutes early (the generations' share made 2,460 windows; training took 9 of its
+21 minutes), and each later build had made the head better (docs/draft-head.md)."""
+MAX_ROUNDS = 3
 
 
 def continuable_head(path: Path, model_name: str, args: argparse.Namespace) -> Path | None:
@@ -100,8 +107,9 @@ def shard_dir(model_name: str) -> Path:
     return cache_root() / "drafthead" / "shards" / model_key(model_name)
 
 
-def build_head(args: argparse.Namespace) -> int:
-    """Generations, file windows (first build only), training; returns the exit status."""
+def build_head(args: argparse.Namespace, round_number: int = 1, began: float | None = None) -> int:
+    """Generations, file windows (first build only), training, and more rounds of generations
+    and training while the budget allows (``ANOTHER_ROUND_SECONDS``); returns the exit status."""
     from ..cli import main as swiftguard
     from ..engine import ModelLoadError
     from ..engine.loader import resolve_source
@@ -119,7 +127,8 @@ def build_head(args: argparse.Namespace) -> int:
               "--threads", str(args.threads)]
     source_options = [option for spec in sources for option in ("--source", spec)]
     earlier = sorted(work.glob("generated-*.npz"))
-    started = time.perf_counter()
+    started = clock()
+    began = started if began is None else began
     sites = int(budget * GENERATION_SHARE * GENERATED_SITES_PER_SECOND) + 16  # per source: one may get most of the time
     steps = [["genguard", "build-data", *common, *source_options, "--kinds", "generated", "--standalone",
               "--sites", str(sites), "--per-repo", "60", "--per-file", "2", "--new-tokens", str(GENERATED_TOKENS),
@@ -147,8 +156,12 @@ def build_head(args: argparse.Namespace) -> int:
              *(["--report", str(args.report)] if args.report else [])]
 
     def run(step: list[str]) -> int:
-        print(f"[{time.perf_counter() - started:.0f}s] swiftguard {' '.join(step)}", file=sys.stderr, flush=True)
+        print(f"[{clock() - started:.0f}s] swiftguard {' '.join(step)}", file=sys.stderr, flush=True)
         status = swiftguard(step)
+        if status and round_number > 1:  # e.g. no functions left to generate: the last round's head stands
+            print(f"step {' '.join(step[:2])} of round {round_number} failed (exit status {status}); the head of "
+                  "the round before stays", file=sys.stderr)
+            return -1
         if status:
             print(f"error: step {' '.join(step[:2])} failed (exit status {status}); the shards so far stay in {work}",
                   file=sys.stderr)
@@ -156,10 +169,17 @@ def build_head(args: argparse.Namespace) -> int:
 
     for step in steps:
         if status := run(step):
-            return status
+            return max(status, 0)
     # Training has what the data left of the budget, but never so little that the head learns nothing.
-    left = budget - (time.perf_counter() - started) - TRAIN_WRAP_UP_SECONDS
+    left = budget - (clock() - started) - TRAIN_WRAP_UP_SECONDS
     if status := run([*train, "--time-budget", f"{max(left, MIN_TRAIN_SHARE * budget):.1f}"]):
-        return status
-    print(f"draft head built in {(time.perf_counter() - started) / 60:.1f} minutes; shards in {work}", file=sys.stderr)
+        return max(status, 0)
+    left = budget - (clock() - started)
+    if left >= ANOTHER_ROUND_SECONDS and round_number < MAX_ROUNDS:
+        print(f"training ended {left / 60:.1f} minutes early: another round of generations, then training "
+              "continues the head", file=sys.stderr, flush=True)
+        return build_head(argparse.Namespace(**{**vars(args), "minutes": left / 60, "fresh": False}), round_number + 1,
+                          began)
+    print(f"draft head built in {(clock() - began) / 60:.1f} minutes ({round_number} "
+          f"round{'s' if round_number > 1 else ''}); shards in {work}", file=sys.stderr)
     return 0

@@ -271,7 +271,7 @@ def install_row_invariant(model: torch.nn.Module, pack: bool = True, keep_half: 
             if keep_half:
                 module.weight16 = module.weight.detach().to(torch.float16)
             module.weight = torch.nn.Parameter(module.weight.new_empty(0), requires_grad=False)
-    _return_freed_memory()
+    return_freed_memory()
     return _kernel_name("packed", linears)
 
 
@@ -281,9 +281,10 @@ def _kernel_name(kernel: str, linears: list[torch.nn.Module]) -> str:
     return kernel if limit is None else f"{kernel} ({limit}-row calls)"
 
 
-def _return_freed_memory() -> None:
-    """Hand the unpacked weights' freed pages back to the OS: glibc keeps them otherwise
-    (default model: 2,344 MB resident after packing, 1,678 MB after this; 1,676 unpacked)."""
+def return_freed_memory() -> None:
+    """Hand freed pages back to the OS, which glibc keeps otherwise: after packing (default
+    model: 2,344 MB resident after packing, 1,678 MB after this; 1,676 unpacked), and after the
+    LM head's screen is built (``screened_argmax``)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do

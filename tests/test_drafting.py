@@ -382,3 +382,24 @@ def test_online_cost_keeps_a_step_beyond_the_trees_it_has_seen():
         cost.observe(nodes, 0.07 + 0.0005 * nodes)
     assert abs(cost(24) - 0.082) < 0.001  # within what it has seen: the calibrated shape, fitted to the passes
     assert cost(48) > 0.07 + 0.0005 * 31 + 0.05  # beyond: the calibrated step, not the line's 0.094
+
+
+@pytest.mark.parametrize("off_path", [True, False])
+def test_token_recycling_learns_from_the_verified_nodes_off_the_accepted_path(off_path):
+    """A node the model rejected still had its logits computed: what follows its token there."""
+    drafter = SpeculativeDrafter(None, DrafterConfig(use_cache=False, recycle_off_path=off_path))
+    drafter.begin([1, 2, 3])
+    tree = build_tree([Draft((5, 6), 1.0, "x"), Draft((7,), 0.5, "x")], 8)  # nodes 5 -> 6, and 7
+    vocab = 20
+    logits = torch.zeros(2, vocab)
+    logits[0, 5], logits[1, 9] = 1.0, 1.0  # the root's row picks 5; node 5's row picks 9 (not 6)
+    rejected = torch.zeros(vocab)
+    rejected[11] = 1.0  # the row of node 7, off the path: the model would write 11 after 7
+    verified = Verified([5, 9], torch.zeros(2, 1), [tree.tokens.index(5)], logits, None, [(7, rejected)])
+    drafter.observe([1, 2, 3], tree, verified, 0.05)
+    recycled_after_seven = [draft.tokens[0] for draft in drafter.recycler.drafts([7])]
+    if off_path:
+        assert recycled_after_seven[0] == 11
+    else:
+        assert recycled_after_seven == []
+    assert drafter.recycler.drafts([5])[0].tokens[0] == 9  # the accepted path's rows, as before

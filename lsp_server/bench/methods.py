@@ -8,6 +8,7 @@
 - ``swift``: this engine's speculative decoder; ``swift-<ablation>`` variants switch one
   component off (``nocache``, ``norecycle``, ``notiming``, ``nohead``, ``bf16head``, ``seqhead``, ``nolookahead``,
   ``norecalibrate``, ``noprompttree``, ``noscreen`` (the LM head read in full every pass),
+  ``nooffpath`` (Token Recycling learns from the accepted path only),
   ``fixed16``...).
 - ``ceiling``: the same verifier fed by a drafter that is told ``ar``'s output: each pass
   drafts the true next tokens as one chain, as many as this device's verify-cost curve
@@ -203,6 +204,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "": {},
     "nocache": {"use_cache": False},
     "norecycle": {"use_recycling": False},
+    "nooffpath": {"recycle_off_path": False},
     "notiming": {"timing_control": False},
     "nohead": {"use_head": False},
     "bf16head": {"int8_head": False},

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
 from transformers import DynamicCache
 
 from ..linear import PROMPT_ROWS
@@ -144,6 +145,9 @@ class DrafterConfig:
     at 16, where 16 passes had accepted a whole 16-token chain."""
     use_cache: bool = True
     use_recycling: bool = True
+    recycle_off_path: bool = True
+    """Token Recycling also learns from the tree nodes off the accepted path whose logits the pass
+    computed (``Verified.off_path``), as the method's paper does from every node."""
     timing_control: bool = True
     use_head: bool = True
     int8_head: bool = True
@@ -549,6 +553,9 @@ class SpeculativeDrafter:
                                 self._throughput[1] * decay + seconds + self._pass_draft_seconds]
         self._pass_draft_seconds = 0.0
         if self.config.use_recycling:
+            if self.config.recycle_off_path and verified.off_path:  # first: the accepted path's rows win a tie
+                off_tokens, off_logits = zip(*verified.off_path)
+                self.recycler.observe(list(off_tokens), torch.stack(off_logits))
             path_tokens = [tree.tokens[node] for node in verified.path]
             self.recycler.observe([tokens[-1], *path_tokens], verified.logits)
         hit_by_source: dict[str, bool] = {}  # per-source statistics count a source once per pass

@@ -14,7 +14,7 @@ path reaches them: the LM head is the widest matrix of a small model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -48,6 +48,9 @@ class Verified:
     fed_states: torch.Tensor | None = None
     """[len(pending) - 1, hidden]: the states of the pending tokens before the last (a prompt's
     pass), row j the state the pending token ``j + 1`` was chosen from; what the draft head reads."""
+    off_path: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    """Tree nodes off the accepted path whose logits the pass computed anyway: (the node's token,
+    its logits [vocab]), what the model would write after that token there."""
 
 
 def tree_attention_mask(past: int, pending: int, tree: DraftTree, dtype: torch.dtype) -> torch.Tensor:
@@ -135,7 +138,10 @@ class TreeVerifier:
             node = child
         keep_cache_positions(cache, past + len(pending), path)
         fed = out.last_hidden_state[0, : len(pending) - 1]
-        return Verified(accepted, states[rows], path, torch.stack(logits), fed)
+        on_path = set(rows)
+        off_path = [(tree.tokens[row - 1], batch.logits[index]) for row, (batch, index) in picked.items()
+                    if row not in on_path]
+        return Verified(accepted, states[rows], path, torch.stack(logits), fed, off_path)
 
     def _greedy(self, states: torch.Tensor, rows: list[int]) -> dict[int, tuple[Picks, int]]:
         """One LM-head product (or one screen) over ``rows`` of ``states``: per row, its batch and index."""

@@ -161,19 +161,19 @@ def build_head(args: argparse.Namespace, round_number: int = 1, began: float | N
         if status and round_number > 1:  # e.g. no functions left to generate: the last round's head stands
             print(f"step {' '.join(step[:2])} of round {round_number} failed (exit status {status}); the head of "
                   "the round before stays", file=sys.stderr)
-            return -1
-        if status:
+        elif status:
             print(f"error: step {' '.join(step[:2])} failed (exit status {status}); the shards so far stay in {work}",
                   file=sys.stderr)
         return status
 
+    failed = lambda status: status if round_number == 1 else 0  # noqa: E731  (a later round's failure is not the build's)
     for step in steps:
         if status := run(step):
-            return max(status, 0)
+            return failed(status)
     # Training has what the data left of the budget, but never so little that the head learns nothing.
     left = budget - (clock() - started) - TRAIN_WRAP_UP_SECONDS
     if status := run([*train, "--time-budget", f"{max(left, MIN_TRAIN_SHARE * budget):.1f}"]):
-        return max(status, 0)
+        return failed(status)
     left = budget - (clock() - started)
     if left >= ANOTHER_ROUND_SECONDS and round_number < MAX_ROUNDS:
         print(f"training ended {left / 60:.1f} minutes early: another round of generations, then training "

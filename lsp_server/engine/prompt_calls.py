@@ -17,13 +17,13 @@ timing (about a second for the default model) runs at the first load only.
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 
 import torch
 
 from .kernel_facts import KernelFacts
 from .linear import RowInvariantLinear, tune_per_kind, weight_dtype
+from .timing import interleaved_medians
 
 SIZES = (512, 256)
 """Call sizes tried for a prompt's rows, beside one call."""
@@ -35,11 +35,9 @@ over ``PROMPT_LENGTHS``: timing on a busy machine is noisy, and a wrong split on
 _RUNS = 3
 
 
-def _seconds(layer: RowInvariantLinear, rows: torch.Tensor, size: int | None) -> float:
+def _run(layer: RowInvariantLinear, rows: torch.Tensor, size: int | None) -> None:
     layer.prompt_rows = size
-    started = time.perf_counter()
     layer.prompt_calls(rows)
-    return time.perf_counter() - started
 
 
 def fastest_split(layer: RowInvariantLinear) -> int | None:
@@ -51,15 +49,10 @@ def fastest_split(layer: RowInvariantLinear) -> int | None:
     with torch.inference_mode():
         for length in PROMPT_LENGTHS:
             rows = torch.randn(length, layer.in_features, generator=generator).to(dtype)
-            times: dict[int | None, list[float]] = {size: [] for size in candidates}
-            for run in range(_RUNS + 1):  # interleaved, so that a slow spell hits every candidate; the first warms up
-                for size in candidates:
-                    seconds = _seconds(layer, rows, size)
-                    if run:
-                        times[size].append(seconds)
-            whole = statistics.median(times[None])
+            median = interleaved_medians({size: functools.partial(_run, layer, rows, size) for size in candidates},
+                                         _RUNS)
             for size in candidates:
-                relative[size] += statistics.median(times[size]) / whole / len(PROMPT_LENGTHS)
+                relative[size] += median[size] / median[None] / len(PROMPT_LENGTHS)
     best = min(SIZES, key=relative.__getitem__)
     return best if relative[best] <= MARGIN else None
 

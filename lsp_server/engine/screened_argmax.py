@@ -33,10 +33,7 @@ head packed for oneDNN keeps none): about 400 MB more for the default model.
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 import weakref
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -45,6 +42,7 @@ from ..drafthead.head import score_rows
 from .greedy import greedy_tokens
 from .kernel_facts import KernelFacts
 from .linear import return_freed_memory
+from .timing import interleaved_medians
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +54,6 @@ _CHUNK = 16384
 """Rows quantized at a time (float32 copies of the whole head would take 0.5 GB a piece)."""
 _ZERO_POINT = 128
 """The activations' int8 steps are stored unsigned around this (oneDNN's u8 x s8 product)."""
-
-
-def _unit_roundoff(dtype: torch.dtype) -> float:
-    """The spacing of ``dtype``'s numbers next to a value, relative to it, at most."""
-    return torch.finfo(dtype).eps
 
 
 def _steps(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -197,8 +190,9 @@ class ScreenedArgmax:
 
 def _spacing(dtype: torch.dtype, magnitude: torch.Tensor) -> torch.Tensor:
     """At least the spacing of ``dtype``'s numbers up to ``magnitude``: two values further apart
-    than this round to two different numbers, in their order (each moves by half a spacing)."""
-    return _unit_roundoff(dtype) * magnitude.abs() + torch.finfo(torch.float32).tiny
+    than this round to two different numbers, in their order (each moves by half a spacing):
+    ``eps`` is the spacing relative to a value, at most."""
+    return torch.finfo(dtype).eps * magnitude.abs() + torch.finfo(torch.float32).tiny
 
 
 class Picks(Protocol):
@@ -245,26 +239,15 @@ FASTER = 0.9
 """The screen is used only where it takes at most this fraction of the full product's time."""
 
 
-def _seconds(pick: Callable[[torch.Tensor], object], states: torch.Tensor) -> float:
-    started = time.perf_counter()
-    pick(states)
-    return time.perf_counter() - started
-
-
 def screen_pays(screen: ScreenedArgmax, states: torch.Tensor) -> bool:
     """Whether screening ``states`` is faster than the full product followed by an argmax, here.
     The screen's int8 product is timed, not its check of the candidates: on random states it
     finds hundreds (on a model's states a handful: the check is a small part of its time)."""
-    full = lambda rows: screen.head(rows).float().argmax(-1)  # noqa: E731
-    screened = lambda rows: screen._product(*screen._quantize(rows.float()))  # noqa: E731
-    times: dict[str, list[float]] = {"full": [], "screen": []}
     with torch.inference_mode():
-        for run in range(_TIMING_RUNS + 1):  # interleaved, so that a slow spell hits both; the first warms up
-            for name, pick in (("full", full), ("screen", screened)):
-                seconds = _seconds(pick, states)
-                if run:
-                    times[name].append(seconds)
-    return statistics.median(times["screen"]) <= FASTER * statistics.median(times["full"])
+        median = interleaved_medians({"full": lambda: screen.head(states).float().argmax(-1),
+                                      "screen": lambda: screen._product(*screen._quantize(states.float()))},
+                                     _TIMING_RUNS)
+    return median["screen"] <= FASTER * median["full"]
 
 
 def screen_for(head: torch.nn.Module, hidden_size: int, facts: KernelFacts | None,

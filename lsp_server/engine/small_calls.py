@@ -19,13 +19,13 @@ size), so a token decoded alone still gets exactly what it gets inside a tree.
 
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 
 import torch
 
 from .kernel_facts import KernelFacts
 from .linear import RowInvariantLinear, tune_per_kind, weight_dtype
+from .timing import interleaved_medians
 
 SIZES = (2, 3, 4)
 """Rows a single row is padded to, the first being the default (``RowInvariantLinear.min_rows``)."""
@@ -35,25 +35,17 @@ timing on a busy machine is noisy, and a wrong choice only costs speed."""
 _RUNS = 7
 
 
-def _seconds(layers: list[RowInvariantLinear], row: torch.Tensor, size: int) -> float:
-    started = time.perf_counter()
+def _run(layers: list[RowInvariantLinear], row: torch.Tensor, size: int) -> None:
     for layer in layers:
         layer.min_rows = size
         layer._call(row)
-    return time.perf_counter() - started
 
 
 def fastest_padding(layers: list[RowInvariantLinear]) -> int:
     """The padded size (``SIZES``) at which one row runs through ``layers`` (one kind) fastest."""
     row = torch.randn(1, layers[0].in_features, generator=torch.Generator().manual_seed(0)).to(weight_dtype(layers[0]))
-    times: dict[int, list[float]] = {size: [] for size in SIZES}
     with torch.inference_mode():
-        for run in range(_RUNS + 1):  # interleaved, so that a slow spell hits every size; the first warms up
-            for size in SIZES:
-                seconds = _seconds(layers, row, size)
-                if run:
-                    times[size].append(seconds)
-    median = {size: statistics.median(samples) for size, samples in times.items()}
+        median = interleaved_medians({size: functools.partial(_run, layers, row, size) for size in SIZES}, _RUNS)
     best = min(SIZES, key=median.__getitem__)
     return best if median[best] <= MARGIN * median[SIZES[0]] else SIZES[0]
 

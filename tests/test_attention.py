@@ -18,6 +18,7 @@ from lsp_server.engine.linear import (
     install_row_invariant,
     packing_works,
     rows_per_call,
+    rows_unlimited,
     tree_rows_apart,
 )
 from lsp_server.engine.speculation.draft_tree import DraftTree
@@ -258,6 +259,19 @@ def test_the_probe_finds_the_largest_call_size_that_keeps_a_rows_bits(threshold,
     assert torch.equal(layer(rows), alone)  # with the limit found, 50 rows at once get their own bits
     layer.max_rows = None
     assert torch.equal(layer(rows), alone) == (expected is None)  # without it, only a kernel that needs none does
+
+
+def test_batch_work_lifts_the_row_limit_and_decoding_keeps_it():
+    layer = torch.nn.Linear(16, 8)
+    layer.__class__ = _BlockedAbove
+    rows_per_call([layer])
+    rows = torch.randn(50, 16)
+    split = layer(rows)
+    with rows_unlimited():
+        whole = layer(rows)  # one call of 50 rows: the kernel's other bits show
+    assert torch.equal(whole, torch.nn.functional.linear(rows, layer.weight, layer.bias) + 1e-3)
+    assert not torch.equal(whole, split)
+    assert torch.equal(layer(rows), split) and layer.max_rows == 32  # outside the block, calls are split again
 
 
 def test_the_probe_warns_when_no_call_size_keeps_a_rows_bits(caplog):

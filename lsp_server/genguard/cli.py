@@ -37,7 +37,7 @@ def add_genguard_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                       help="the rest of the file after the function in the prompt, as in an editor's request")
     data.add_argument("--context-tokens", type=int, default=512)
     data.add_argument("--new-tokens", type=int, default=128, help="generation length of generated samples")
-    data.add_argument("--batch", type=int, default=16,
+    data.add_argument("--batch", type=int, default=64,
                       help="generated samples decoded side by side (one step costs about what one sequence's does)")
     data.add_argument("--after-tokens", type=int, default=96, help="teacher tokens kept after the function's end")
     data.add_argument("--time-budget", type=float, default=None, help="seconds; write what is done by then")

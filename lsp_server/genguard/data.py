@@ -257,7 +257,7 @@ class SampleBuilder:
     """Turns sites into labelled hidden states with one loaded model."""
 
     def __init__(self, loaded: Any, context_tokens: int = 512, after_tokens: int = 96, max_body_tokens: int = 320,
-                 new_tokens: int = 128, standalone: bool = False, batch: int = 16, with_suffix: bool = False) -> None:
+                 new_tokens: int = 128, standalone: bool = False, batch: int = 64, with_suffix: bool = False) -> None:
         """Generated samples are decoded ``batch`` at a time (``engine.batch_decoding``): greedy,
         up to bf16 near-ties, at several times the speed of one sequence at a time.
         ``standalone`` prompts with the function's own header alone (signature and docstring, no file

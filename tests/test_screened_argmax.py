@@ -110,3 +110,33 @@ def test_a_screen_is_built_once_per_head_and_not_where_the_machine_said_it_does_
     assert (first is not None) == next(iter(facts.values()))
     said_no = Facts({f"lm-head screen|{VOCAB}x{HIDDEN}|torch.bfloat16": False})
     assert screen_for(_packed_head(weight), HIDDEN, said_no) is None
+
+
+def test_a_tied_embedding_equal_to_the_head_is_shared_and_any_other_tensor_is_not():
+    weight = (torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(3)) * 0.05).to(torch.bfloat16)
+    tied = weight.clone()
+    shared = ScreenedArgmax.for_head(_packed_head(weight), HIDDEN, tied=tied)
+    if shared is None:
+        pytest.skip("no exact oneDNN int8 product in this build")
+    assert shared.rows.data_ptr() == tied.data_ptr()  # no copy of its own
+    other = tied.clone()
+    other[17, 5] = other[17, 5] * 2 + 1  # one weight differs: not the head's
+    for candidate in (other, tied.float(), tied[:-1]):
+        assert ScreenedArgmax.for_head(_packed_head(weight), HIDDEN, tied=candidate).rows.data_ptr() != candidate.data_ptr()
+    states = weight[torch.arange(0, VOCAB, 60)].float() * 40
+    assert _tokens(shared, states.to(torch.bfloat16)) == _full(shared, states.to(torch.bfloat16))
+
+
+def test_the_decoder_checks_candidates_on_a_tied_embedding_and_picks_as_the_full_product(tmp_path):
+    from lsp_server.engine import load
+
+    from tiny_model import build_tiny_model
+
+    loaded = load(str(build_tiny_model(tmp_path, tied=True)), device="cpu", dtype="bfloat16")
+    screened = Decoder(loaded.model, loaded.tokenizer, frozenset())
+    if screened.verify.screen is None:
+        pytest.skip("the LM head is read in full on this machine")
+    assert screened.verify.screen.rows.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr()
+    full = Decoder(loaded.model, loaded.tokenizer, frozenset(), screen_head=False)
+    prompt = PromptBuilder(loaded.tokenizer).build("def mean(values):\n    return ", "", 256, fresh=True).ids
+    assert screened.generate(prompt, 24).token_ids == full.generate(prompt, 24).token_ids

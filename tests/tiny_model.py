@@ -21,8 +21,9 @@ SPECIAL = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
 TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny-tokenizer.json"
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> Path:
-    """Write a tokenizer + safetensors model folder to ``target`` and return it."""
+def build_tiny_model(target: Path, seed: int = 0, tied: bool = False) -> Path:
+    """Write a tokenizer + safetensors model folder to ``target`` and return it; ``tied``: the
+    LM head shares the input embeddings' weight, as the default model's does."""
     tokenizer = Tokenizer.from_file(str(TOKENIZER))
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     fast.add_special_tokens({"additional_special_tokens": SPECIAL[1:]})
@@ -34,7 +35,7 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         eos_token_id=fast.eos_token_id,
         bos_token_id=None,
     )

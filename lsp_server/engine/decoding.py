@@ -91,7 +91,8 @@ class Decoder:
         self.reuse_kv = reuse_kv
         self.kv = PrefixKVCache()
         body, head = model.get_decoder(), model.get_output_embeddings()
-        screen = screen_for(head, model.config.hidden_size, this_machine(), _final_norm_weight(body)) if screen_head else None
+        screen = screen_for(head, model.config.hidden_size, this_machine(), _final_norm_weight(body),
+                            model.get_input_embeddings().weight) if screen_head else None
         self.verify = TreeVerifier(body, head, model.device, model.dtype, screen)
 
     @torch.inference_mode()

@@ -83,6 +83,11 @@ class CompletionEngine(Protocol):
         """(encode, encode_batch, tokenizer key): how the model tokenizes, for the datastore."""
         ...
 
+    def generations_dir(self) -> Path | None:
+        """Where the model's own generations are kept for it to draft from (the draft head's
+        build shards: ``datastore.generations``); None where there are none."""
+        ...
+
     def attach_retrieval(self, datastore: Any, preference_file: Path | None = None) -> None:
         """Use ``datastore`` (``lsp_server.datastore.Datastore``) as a draft source; keep the
         workspace's preference cache in ``preference_file`` across restarts."""

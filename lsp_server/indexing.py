@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 from .api import CompletionEngine
 from .datastore.cache import short_hash
 from .datastore.service import DatastoreService
+from .drafthead.provenance import other_repository
 from .paths import cache_root
 from .syntax.languages import detect_language
 
@@ -47,6 +48,8 @@ class WorkspaceIndexer:
             self.root = root
             self.service = DatastoreService(root, encode, key, encode_batch, use_client_watcher=self.use_client_watcher)
             self.service.start()
+            if (generations := engine.generations_dir()) is not None:
+                self.service.load_generations(generations, other_repository(root))
             if not self.use_client_watcher:
                 self.service.start_watching()
         preference = cache_root() / "preference" / f"{short_hash(str(root), key)}.json"

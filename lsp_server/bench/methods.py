@@ -206,6 +206,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "norecycle": {"use_recycling": False},
     "nooffpath": {"recycle_off_path": False},
     "notiming": {"timing_control": False},
+    "nogenerations": {"left_out_sources": ("generations",)},
     "nohead": {"use_head": False},
     "bf16head": {"int8_head": False},
     "seqhead": {"head_document_order": False},

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from ..datastore.service import DatastoreService, hf_encoders, hf_tokenizer_key
-from ..drafthead.head import head_path_for, read_head_info
-from ..drafthead.provenance import trained_on_workspace
+from ..drafthead.head import head_path_for, read_head_info, shard_dir
+from ..drafthead.provenance import other_repository, trained_on_workspace
 from ..engine.loader import load, resolve_source
 from ..engine.prompt import PromptBuilder
 from ..engine.stopping import StopRules, baseline_rules
@@ -78,7 +78,8 @@ class BenchDatastore:
     task its file with the body removed, as the open (unsaved) editor buffer.  The
     general corpora of the tasks' languages (``datastore.general``) are built or loaded
     from the cache before the first task; one that overlaps the benchmarked repository is
-    left out.
+    left out.  So are the model's own generations of the benchmarked repository's functions
+    (``datastore.generations``, from the draft head's build), where the build made any.
     """
 
     def __init__(self, loaded: Any, workspace: Path | None, languages: set[str]) -> None:
@@ -89,6 +90,7 @@ class BenchDatastore:
         for language in sorted(languages):
             if (corpus := self.service.want_general(language)) is not None:
                 self.service.build_general(name=corpus, exclude=workspace)
+        self.service.load_generations(shard_dir(loaded.name), other_repository(workspace))
         self.service.wait_idle()
         self.workspace = workspace
         self._open: str | None = None

@@ -17,14 +17,14 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import general
+from . import general, generations
 from .cache import short_hash
 from .files import IGNORED_DIRS, Workspace
 from .persist import load_repository, repository_cache_path, save_repository
@@ -68,6 +68,7 @@ class DatastoreService:
         max_tokens: int = 8_000_000,
         repository_weight: float = 1.0,
         general_weight: float = 0.25,
+        generations_weight: float = 0.25,
         general_budget: int = general.DEFAULT_BUDGET,
         save_interval: float = 300.0,
     ) -> None:
@@ -86,6 +87,9 @@ class DatastoreService:
         self.general_sources: dict[str, IndexSource] = {}
         """The general corpora in use, by corpus name (``general.CORPORA``)."""
         self._general_asked: set[str] = set()
+        self.generations_weight = generations_weight
+        self.generations_sources: dict[str, IndexSource] = {}
+        """The model's own generations, by language (``load_generations``)."""
         self.datastore = Datastore((self.repository_source,))
         self.state = "idle"
         self.initial_seconds: float | None = None
@@ -261,7 +265,20 @@ class DatastoreService:
         source = IndexSource("general", general.as_index(segment), self.general_weight)
         self.general_sources[corpus.name] = source
         for language in corpus.languages:
-            self.datastore.by_language[language] = source
+            self.datastore.add_for_language(language, source)
+
+    def load_generations(self, shard_dir: Path, keep_repo: Callable[[str], bool]) -> int:
+        """Draft from the model's own generations in ``shard_dir`` (``datastore.generations``),
+        leaving out the repositories ``keep_repo`` rejects; returns the tokens indexed."""
+        indexes = generations.load_generations(shard_dir, keep_repo)
+        for language, index in indexes.items():
+            source = IndexSource("generations", index, self.generations_weight)
+            self.generations_sources[language] = source
+            self.datastore.add_for_language(language, source)
+        if indexes:
+            log.info("drafting from %d tokens of the model's own generations in %s",
+                     sum(index.tokens for index in indexes.values()), shard_dir)
+        return sum(index.tokens for index in indexes.values())
 
     # -- the worker ---------------------------------------------------------------------
 
@@ -277,6 +294,7 @@ class DatastoreService:
             "general_tokens": sum(source.index.tokens for source in self.general_sources.values()),
             "general_bytes": sum(source.index.nbytes for source in self.general_sources.values()),
             "general_corpora": {name: source.index.tokens for name, source in self.general_sources.items()},
+            "generations_tokens": {language: source.index.tokens for language, source in self.generations_sources.items()},
         }
 
     def _run(self) -> None:

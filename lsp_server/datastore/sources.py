@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Collection, MutableMapping, Sequence
 
 import numpy as np
 
@@ -96,19 +96,25 @@ class Datastore:
     """Several weighted sources behind one interface.
 
     ``by_language`` holds sources that serve documents of one language only (general
-    code: the Python standard library is no draft for a Go file); the owner may add to it
-    at any time, and :meth:`for_language` picks from it per request.
+    code: the Python standard library is no draft for a Go file), by language and source
+    name; the owner may add to it at any time, and :meth:`for_language` picks from it per
+    request.
     """
 
     def __init__(self, sources: Sequence[DraftSource] = (),
-                 by_language: MutableMapping[str, DraftSource] | None = None) -> None:
+                 by_language: MutableMapping[str, dict[str, DraftSource]] | None = None) -> None:
         self.sources = tuple(sources)
-        self.by_language: MutableMapping[str, DraftSource] = by_language if by_language is not None else {}
+        self.by_language: MutableMapping[str, dict[str, DraftSource]] = by_language if by_language is not None else {}
 
-    def for_language(self, language: str | None) -> Datastore:
-        """The sources for one document: the shared ones and, if any, its language's own."""
-        own = self.by_language.get(language) if language else None
-        return Datastore(self.sources if own is None else (*self.sources, own))
+    def for_language(self, language: str | None, without: Collection[str] = ()) -> Datastore:
+        """The sources for one document: the shared ones and, if any, its language's own;
+        none named in ``without``."""
+        own = self.by_language.get(language, {}) if language else {}
+        return Datastore(tuple(source for source in (*self.sources, *own.values()) if source.name not in without))
+
+    def add_for_language(self, language: str, source: DraftSource) -> None:
+        """Serve documents in ``language`` from ``source`` too, in place of its namesake there."""
+        self.by_language[language] = {**self.by_language.get(language, {}), source.name: source}
 
     def retrieve(self, context: Sequence[int], span: int = 16, max_candidates: int = 64) -> list[Candidate]:
         """Longest-suffix exact match (k from 16 down to 2, longest match first) in every source,

@@ -27,7 +27,6 @@ import sysconfig
 from pathlib import Path
 from time import perf_counter as clock
 
-from ..paths import cache_root
 
 GENERATION_SHARE = 0.42
 """Of the budget, for generated function bodies (80-200 positions/s on 2 cores)."""
@@ -105,19 +104,13 @@ def default_sources() -> list[str]:
     return [f"python={root}" for index, root in enumerate(roots) if root.is_dir() and root not in roots[:index]]
 
 
-def shard_dir(model_name: str) -> Path:
-    """Where builds keep the shards of ``model_name``'s head."""
-    from ..genguard.head import model_key
-
-    return cache_root() / "drafthead" / "shards" / model_key(model_name)
-
-
 def build_head(args: argparse.Namespace, round_number: int = 1, began: float | None = None) -> int:
     """Generations, file windows (first build only), training, and more rounds of generations
     and training while the budget allows (``ANOTHER_ROUND_SECONDS``); returns the exit status."""
     from ..cli import main as swiftguard
     from ..engine import ModelLoadError
     from ..engine.loader import resolve_source
+    from .head import shard_dir
 
     try:
         _, name = resolve_source(args.model, lambda msg: print(msg, file=sys.stderr))

@@ -51,6 +51,12 @@ def head_path_for(model_name: str, directory: Path | None = None) -> Path:
     return (directory or cache_root() / "drafthead") / f"{model_key(model_name)}.safetensors"
 
 
+def shard_dir(model_name: str) -> Path:
+    """Where builds keep the shards of ``model_name``'s head (its generations feed the datastore
+    too: ``datastore.generations``)."""
+    return cache_root() / "drafthead" / "shards" / model_key(model_name)
+
+
 @dataclass
 class DraftHeadInfo:
     base_model: str

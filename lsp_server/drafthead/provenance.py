@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _VERSION = re.compile(r"-v?\d[\w.+!-]*$")
@@ -53,3 +53,10 @@ def trained_on_workspace(training: dict, root: Path) -> set[str] | None:
     if not isinstance(repos, list):
         return None
     return workspace_names(root) & repository_names(str(repo) for repo in repos)
+
+
+def other_repository(root: Path | None) -> Callable[[str], bool]:
+    """Whether a repository name is none of the names the workspace at ``root`` goes by (any,
+    without a workspace)."""
+    names = workspace_names(root) if root is not None else set()
+    return lambda name: repository_name(name) not in names

@@ -17,7 +17,7 @@ from ..api import CompletionRequest, CompletionResult, CompletionStats
 from ..datastore.service import hf_encoders, hf_tokenizer_key
 from ..datastore.sources import ContextSource
 from ..datastore.types import Encode, EncodeBatch
-from ..drafthead.head import find_draft_head
+from ..drafthead.head import find_draft_head, shard_dir
 from ..syntax import detect_language
 from .decoding import Decoder
 from .linear import computes_trees_apart
@@ -122,6 +122,11 @@ class LocalEngine:
         """How this model tokenizes, for a datastore built to serve it."""
         encode, encode_batch = hf_encoders(self.loaded.tokenizer)
         return encode, encode_batch, hf_tokenizer_key(self.loaded.tokenizer)
+
+    def generations_dir(self) -> Path | None:
+        """The draft head's shards of this model, where a build made them."""
+        found = shard_dir(self.loaded.name)
+        return found if found.is_dir() else None
 
     def attach_retrieval(self, datastore: Any, preference_file: Path | None = None) -> None:
         """Draft from ``datastore`` too (repository and general code, kept current elsewhere).

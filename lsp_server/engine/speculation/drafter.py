@@ -149,6 +149,8 @@ class DrafterConfig:
     """Token Recycling also learns from the tree nodes off the accepted path whose logits the pass
     computed (``Verified.off_path``), as the method's paper does from every node."""
     timing_control: bool = True
+    left_out_sources: tuple[str, ...] = ()
+    """Datastore sources not asked (by name: ``generations`` for its ablation)."""
     use_head: bool = True
     int8_head: bool = True
     """On a CPU, the draft head's weights are int8 (``engine.int8_linear``)."""
@@ -237,8 +239,8 @@ class SpeculativeDrafter:
 
     def sources_for(self, language: str | None) -> list[RetrievalSource]:
         """The retrieval sources a request in ``language`` drafts from."""
-        return [source.for_language(language) if hasattr(source, "for_language") else source
-                for source in self.retrieval]
+        return [source.for_language(language, self.config.left_out_sources) if hasattr(source, "for_language")
+                else source for source in self.retrieval]
 
     def begin(self, prompt: Sequence[int], language: str | None = None) -> None:
         self._sources = self.sources_for(language)

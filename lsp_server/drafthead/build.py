@@ -51,7 +51,8 @@ every file it reads."""
 GENERATION_BATCH = 64
 """Bodies generated side by side.  The same 150 s of this build's generations step (AMX Xeon,
 December 4) stored 17,686 positions at 16 with the engine's 32-row calls, 19,285 at 16 and
-29,818 at 64 in one call (``linear.rows_unlimited``); peak memory 4.2 -> 4.7 GB."""
+29,818 at 64 in one call (``linear.rows_unlimited``), 36,833 with the prompts prefilled several
+to a pass (``batch_decoding.PACK_TOKENS``); peak memory 4.2 -> 5.6 GB."""
 GENERATED_TOKENS = 64
 """Tokens per generated body: most of a longer generation comes after the function's end,
 where GenGuard stops decoding anyway."""

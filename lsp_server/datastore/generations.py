@@ -46,7 +46,8 @@ def generation_units(shard: Path, keep_repo: Callable[[str], bool], first_key: i
         sample = int(samples[start])
         if kinds[sample] != "generated" or not keep_repo(str(repos[sample])):
             continue
-        units.setdefault(str(languages[sample]), []).append(Unit(next(keys), _EMPTY, as_tokens(tokens[start:end]), _EMPTY))
+        unit = Unit(next(keys), _EMPTY, as_tokens(tokens[start:end]), _EMPTY)
+        units.setdefault(str(languages[sample]), []).append(unit)
     return units
 
 

@@ -294,7 +294,8 @@ class DatastoreService:
             "general_tokens": sum(source.index.tokens for source in self.general_sources.values()),
             "general_bytes": sum(source.index.nbytes for source in self.general_sources.values()),
             "general_corpora": {name: source.index.tokens for name, source in self.general_sources.items()},
-            "generations_tokens": {language: source.index.tokens for language, source in self.generations_sources.items()},
+            "generations_tokens": {language: source.index.tokens
+                                   for language, source in self.generations_sources.items()},
         }
 
     def _run(self) -> None:

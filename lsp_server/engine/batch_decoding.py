@@ -67,7 +67,8 @@ def _packed_pass(body: torch.nn.Module, prompts: Sequence[Sequence[int]], device
     """One pass over ``prompts`` laid end to end, each at positions from 0 and seeing only its
     own earlier tokens: its cache and final states."""
     lengths = [len(prompt) for prompt in prompts]
-    inputs: dict[str, torch.Tensor] = {"input_ids": torch.tensor([[t for prompt in prompts for t in prompt]], device=device)}
+    ids = [token for prompt in prompts for token in prompt]
+    inputs: dict[str, torch.Tensor] = {"input_ids": torch.tensor([ids], device=device)}
     if len(prompts) > 1:
         total, dtype = sum(lengths), next(body.parameters()).dtype
         allowed = torch.block_diag(*(torch.ones(n, n, dtype=torch.bool).tril() for n in lengths))

@@ -122,7 +122,8 @@ def test_a_tied_embedding_equal_to_the_head_is_shared_and_any_other_tensor_is_no
     other = tied.clone()
     other[17, 5] = other[17, 5] * 2 + 1  # one weight differs: not the head's
     for candidate in (other, tied.float(), tied[:-1]):
-        assert ScreenedArgmax.for_head(_packed_head(weight), HIDDEN, tied=candidate).rows.data_ptr() != candidate.data_ptr()
+        screen = ScreenedArgmax.for_head(_packed_head(weight), HIDDEN, tied=candidate)
+        assert screen.rows.data_ptr() != candidate.data_ptr()
     states = weight[torch.arange(0, VOCAB, 60)].float() * 40
     assert _tokens(shared, states.to(torch.bfloat16)) == _full(shared, states.to(torch.bfloat16))
 

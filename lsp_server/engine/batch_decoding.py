@@ -3,9 +3,9 @@
 A decoding step on a CPU is bound by reading the weights, which it does once whatever
 the number of rows: on the default model in bf16 here a step for 16 sequences took 66 ms,
 about what one sequence's step takes (64 HumanEval prompts with 64 new tokens: 0.28 s a
-prompt on the AMX Xeon, 0.45 s at 16 side by side).  The model's own generations are what the draft
-head and GenGuard learn best from and the scarcest data (one sequence at a time, with
-speculation, ~25 tokens/s here), so ``build-data`` decodes them in batches.
+prompt on the AMX Xeon, 0.45 s at 16 side by side).  The model's own generations are what
+the draft head and GenGuard learn best from and the scarcest data (one sequence at a time,
+with speculation, ~25 tokens/s here), so ``build-data`` decodes them in batches.
 
 Batches are left-padded and run on transformers' stock attention (the engine's bit-exact
 kernels are for one sequence), and products are not split for row invariance

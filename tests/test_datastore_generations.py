@@ -58,3 +58,36 @@ def test_the_service_drafts_from_generations_beside_general_code_and_a_drafter_c
         "general"]
     assert service.datastore.for_language("go").retrieve([1, 2, 3]) == []
     assert service.stats()["generations_tokens"] == {"python": 4}
+
+
+def test_the_server_drafts_from_the_engines_generations_but_not_the_workspaces_own(tmp_path, monkeypatch):
+    from lsp_server import indexing
+
+    monkeypatch.setattr(indexing, "cache_root", lambda: tmp_path / "cache")
+    shards = _shard(tmp_path / "shards" / "generated-1.npz",
+                    _sample("generated", "python", "tools", [1, 2, 3, 4]),
+                    _sample("generated", "python", "mylib", [1, 2, 3, 5])).parent
+    root = tmp_path / "mylib-1.0"
+    (root / "src" / "mylib").mkdir(parents=True)
+    (root / "src" / "mylib" / "__init__.py").write_text("")
+
+    class Engine:
+        attached = None
+
+        def encoders(self):
+            return (lambda text: [], lambda texts: [[] for _ in texts], "words")
+
+        def generations_dir(self):
+            return shards
+
+        def attach_retrieval(self, datastore, preference_file=None):
+            self.attached = datastore
+
+    engine, indexer = Engine(), indexing.WorkspaceIndexer()
+    indexer.attach(engine, root, lambda _service, _corpus: None)
+    try:
+        assert indexer.stats()["generations_tokens"] == {"python": 4}  # mylib's own body left out
+        found = engine.attached.for_language("python").retrieve([1, 2, 3], span=1)
+        assert [(c.tokens, c.source) for c in found] == [((4,), "generations")]
+    finally:
+        indexer.stop()

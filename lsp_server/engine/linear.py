@@ -84,8 +84,8 @@ def tree_rows_apart(rows: int) -> Iterator[None]:
 def rows_unlimited() -> Iterator[None]:
     """Within this block, products ignore ``max_rows``: for batch work whose rows need not
     get decoding's bits (training data).  Where AMX makes the engine split calls at 32 rows,
-    that split cost batched greedy decoding of HumanEval prompts (64 new tokens) 15% of its
-    speed at 16 sequences and, with 64, a second read of the weights per step: 0.52 s a
+    that split cost batched greedy decoding of HumanEval prompts (64 new tokens) 13% more
+    time at 16 sequences and, with 64, a second read of the weights per step: 0.52 s a
     prompt at 16 with the split, 0.28 s at 64 without it (December 4, the AMX Xeon here)."""
     token = _ROWS_UNLIMITED.set(True)
     try:

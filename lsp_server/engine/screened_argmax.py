@@ -79,7 +79,7 @@ class ScreenedArgmax:
         RMS norm, its weight's magnitude); the screen then balances the channels (below).
         ``tied``: a plain tensor that may hold the head's weight (the input embeddings of a model
         that ties them); where it does, bit for bit, the screen checks its candidates on it
-        instead of keeping a copy: 272 MB less for Qwen2.5-Coder-0.5B as the hub ships it (tied).  The
+        instead of keeping a copy: 272 MB less (its size) for Qwen2.5-Coder-0.5B as the hub ships it.  The
         offline default, converted from GGUF, has a head of its own (its rows differ by up to 0.0044)."""
         self.dtype = next(head.parameters()).dtype
         self.head = head

@@ -275,10 +275,10 @@ class DatastoreService:
             source = IndexSource("generations", index, self.generations_weight)
             self.generations_sources[language] = source
             self.datastore.add_for_language(language, source)
-        if indexes:
-            log.info("drafting from %d tokens of the model's own generations in %s",
-                     sum(index.tokens for index in indexes.values()), shard_dir)
-        return sum(index.tokens for index in indexes.values())
+        tokens = sum(index.tokens for index in indexes.values())
+        if tokens:
+            log.info("drafting from %d tokens of the model's own generations in %s", tokens, shard_dir)
+        return tokens
 
     # -- the worker ---------------------------------------------------------------------
 

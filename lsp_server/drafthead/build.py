@@ -53,6 +53,14 @@ GENERATION_BATCH = 64
 December 4) stored 17,686 positions at 16 with the engine's 32-row calls, 19,285 at 16 and
 29,818 at 64 in one call (``linear.rows_unlimited``), 36,833 with the prompts prefilled several
 to a pass (``batch_decoding.PACK_TOKENS``); peak memory 4.2 -> 5.6 GB."""
+PER_FILE = 3
+PER_REPO = 120
+"""At most this many functions of a file, and of a repository (a package), per generations
+step: spread over many files and packages, but enough of them for the whole step.  On the AMX
+Xeon (December 4) a first 45-minute build with 2 and 60 ran out after 17 of its 19 minutes of
+generations (3,603 functions: 970 in the standard library, 2,633 in site-packages), and prompts
+packed since then make bodies faster; 3 and 120 allow 6,081 there (12,742 and 122,323
+without limits)."""
 GENERATED_TOKENS = 64
 """Tokens per generated body: most of a longer generation comes after the function's end,
 where GenGuard stops decoding anyway."""
@@ -130,7 +138,8 @@ def build_head(args: argparse.Namespace, round_number: int = 1, began: float | N
     began = started if began is None else began
     sites = int(budget * GENERATION_SHARE * GENERATED_SITES_PER_SECOND) + 16  # per source: one may get most of the time
     steps = [["genguard", "build-data", *common, *source_options, "--kinds", "generated", "--standalone",
-              "--sites", str(sites), "--per-repo", "60", "--per-file", "2", "--new-tokens", str(GENERATED_TOKENS),
+              "--sites", str(sites), "--per-repo", str(PER_REPO), "--per-file", str(PER_FILE),
+              "--new-tokens", str(GENERATED_TOKENS),
               "--batch", str(GENERATION_BATCH), "--seed", str(args.seed + len(earlier)),
               "--time-budget", f"{budget * GENERATION_SHARE:.1f}",
               *(option for shard in earlier for option in ("--skip-seen", str(shard))),

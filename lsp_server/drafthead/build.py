@@ -60,7 +60,8 @@ step: spread over many files and packages, but enough of them for the whole step
 Xeon (December 4) a first 45-minute build with 2 and 60 ran out after 17 of its 19 minutes of
 generations (3,603 functions: 970 in the standard library, 2,633 in site-packages), and prompts
 packed since then make bodies faster; 3 and 120 allow 6,081 there (12,742 and 122,323
-without limits)."""
+without limits), and the next first build wrote 4,233 bodies in its 19 minutes without
+running out (held out, 54.3% first guesses right against 53.4%: docs/draft-head.md)."""
 GENERATED_TOKENS = 64
 """Tokens per generated body: most of a longer generation comes after the function's end,
 where GenGuard stops decoding anyway."""

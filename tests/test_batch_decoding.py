@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsp_server.engine.batch_decoding import greedy_batch
+from lsp_server.engine import batch_decoding
+from lsp_server.engine.batch_decoding import _packs, greedy_batch
 from lsp_server.engine.decoding import Decoder
 from lsp_server.engine.kv_cache import new_cache
 from lsp_server.engine.prompt import PromptBuilder
@@ -29,9 +30,19 @@ def _prompts(loaded) -> list[list[int]]:
     return prompts
 
 
-def test_rows_decode_as_they_would_alone(tiny_loaded):
+def test_prompts_are_packed_in_order_up_to_the_limit_and_a_long_one_alone(monkeypatch):
+    monkeypatch.setattr(batch_decoding, "PACK_TOKENS", 10)
+    assert _packs([[0] * 4, [0] * 6, [0] * 3, [0] * 12, [0] * 2, [0] * 10]) == [[0, 1], [2], [3], [4], [5]]
+
+
+@pytest.mark.parametrize("packing", ["one pass", "several passes"])
+def test_rows_decode_as_they_would_alone(tiny_loaded, monkeypatch, packing):
     prompts = _prompts(tiny_loaded)
     assert len({len(prompt) for prompt in prompts}) == len(prompts)  # every row padded differently
+    if packing == "several passes":  # the two shortest share a pass, the longest has one of its own
+        shortest, second, *_rest, longest = sorted(len(prompt) for prompt in prompts)
+        monkeypatch.setattr(batch_decoding, "PACK_TOKENS", shortest + second)
+        assert longest > shortest + second and len(_packs(prompts)) >= 3
     plain = Decoder(tiny_loaded.model, tiny_loaded.tokenizer, frozenset(), reuse_kv=False)
     free = [plain.generate(prompt, 10).token_ids for prompt in prompts]
     # A row ends at a token it has not produced before (its 4th if it can) that some other

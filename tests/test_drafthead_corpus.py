@@ -232,3 +232,14 @@ def test_a_build_whose_training_ends_early_goes_on_with_another_round(tmp_path, 
                  "--out", str(head), "--report", str(report)]) == 0
     assert sorted(path.name for path in shards.iterdir()) == ["files.npz", "generated-1.npz", "generated-2.npz"]
     assert json.loads(report.read_text())["init"]["head"] == str(head)  # the second round continued the first's head
+
+
+def test_another_round_only_where_its_training_would_hold_an_epoch():
+    from lsp_server.drafthead.build import ANOTHER_ROUND_SECONDS, GENERATION_SHARE, MAX_ROUNDS, another_round
+
+    left = 2 * ANOTHER_ROUND_SECONDS
+    training_share = left * (1 - GENERATION_SHARE)
+    assert another_round(left, training_share * 0.9, 1)
+    assert not another_round(left, training_share * 1.1, 1)  # its epoch would be cut short
+    assert not another_round(ANOTHER_ROUND_SECONDS * 0.9, 1.0, 1)  # too little left at all
+    assert not another_round(left, 1.0, MAX_ROUNDS)

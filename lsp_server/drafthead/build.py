@@ -74,14 +74,33 @@ plus one new generations shard (17 minutes, stopped at 307 of 453 steps) went fr
 52.9% first guesses right on held-out generations (34.6% to 35.7% on held-out files); on
 HumanEval 40 it took 810 and 809 passes against 831 and 832 for the old head (two runs, both
 heads in each, either order)."""
-CONTINUE_EPOCHS = 1
+FIRST_EPOCHS = 3
+CONTINUE_EPOCHS = 2
+"""Epochs of a new head, and of a continued one, as far as the budget lets them run (the
+one-cycle schedule runs on whichever is longer, the epochs or the time).  Two and one until
+December 5, when training's loss stopped storing the logits (``scored_loss``) and a step got
+1.8 times faster: the same share of a 45-minute build would finish two epochs with 9 minutes
+left.  Three epochs of a new head had beaten two by 2.2 points of held-out first guesses on
+the same shards (December 3, AMD EPYC: docs/draft-head.md)."""
 ANOTHER_ROUND_SECONDS = 480
-"""Where training ended this long before the budget (its epochs done), the build goes on with
-another round in the time left: new generations, then the head continued on everything, as a
-second build would.  On the AMX Xeon (December 4) a first ``--minutes 45`` build finished its
-2 epochs 12 minutes early (the generations' share made 2,460 windows; training took 9 of its
-21 minutes), and each later build had made the head better (docs/draft-head.md)."""
+"""Where training ended at least this long before the budget (its epochs done), the build may
+go on with another round in the time left: new generations, then the head continued on
+everything, as a second build would (``another_round``).  On the AMX Xeon (December 4) a first
+``--minutes 45`` build finished its 2 epochs 12 minutes early (the generations' share made
+2,460 windows; training took 9 of its 21 minutes), and each later build had made the head
+better (docs/draft-head.md)."""
 MAX_ROUNDS = 3
+
+
+def another_round(left: float, epoch_seconds: float, round_number: int) -> bool:
+    """Whether ``left`` seconds of the budget are worth another round, after a round whose
+    training took ``epoch_seconds`` an epoch: the next round's training share must hold at least
+    such an epoch (it trains on more data still).  A round squeezed into less is wasted: on the
+    AMX Xeon (December 4) one with 8.5 minutes left trained 98 of 880 steps, its one-cycle rate
+    run up and down within them, and came out worse than the head it continued (which the build
+    then kept)."""
+    fits = left * (1 - GENERATION_SHARE) >= epoch_seconds
+    return left >= ANOTHER_ROUND_SECONDS and fits and round_number < MAX_ROUNDS
 
 
 def continuable_head(path: Path, model_name: str, args: argparse.Namespace) -> Path | None:
@@ -156,7 +175,7 @@ def build_head(args: argparse.Namespace, round_number: int = 1, began: float | N
     earlier_head = continuable_head(args.out or head_path_for(name), name, args)
     continued = (["--init", str(earlier_head), "--lr", str(args.lr or CONTINUE_LR)] if earlier_head is not None
                  else ["--lr", str(args.lr)] if args.lr else [])
-    epochs = args.epochs or (CONTINUE_EPOCHS if earlier_head is not None else 2)
+    epochs = args.epochs or (CONTINUE_EPOCHS if earlier_head is not None else FIRST_EPOCHS)
     train = ["drafthead", "train", *(["--model", args.model] if args.model else []), "--data", str(work),
              "--threads", str(args.threads), "--epochs", str(epochs), "--repeat", "generated=2", *continued,
              "--vocab", str(args.vocab), "--width", str(args.width), "--context", str(args.context),
@@ -182,10 +201,11 @@ def build_head(args: argparse.Namespace, round_number: int = 1, began: float | N
             return failed(status)
     # Training has what the data left of the budget, but never so little that the head learns nothing.
     left = budget - (clock() - started) - TRAIN_WRAP_UP_SECONDS
+    training = clock()
     if status := run([*train, "--time-budget", f"{max(left, MIN_TRAIN_SHARE * budget):.1f}"]):
         return failed(status)
     left = budget - (clock() - started)
-    if left >= ANOTHER_ROUND_SECONDS and round_number < MAX_ROUNDS:
+    if another_round(left, (clock() - training) / epochs, round_number):
         print(f"training ended {left / 60:.1f} minutes early: another round of generations, then training "
               "continues the head", file=sys.stderr, flush=True)
         return build_head(argparse.Namespace(**{**vars(args), "minutes": left / 60, "fresh": False}), round_number + 1,

@@ -35,6 +35,7 @@ from ..genguard.head import STOP
 from ..genguard.train import Dataset
 from . import TRAIN_LR
 from .head import DraftHead, score_rows
+from .scored_loss import scored_cross_entropy
 
 
 @dataclass
@@ -327,8 +328,8 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     ``epoch_windows``) weights some kinds of sample more than others, ``batch`` is in positions;
     raises ValueError on a bad spec or when no position has a next token.
 
-    The products run in ``compute_dtype`` under autocast while weights and optimizer state
-    stay float32.  On this 2-core CPU (native bf16) bfloat16 steps took 320-334 ms against
+    The products run in ``compute_dtype`` (under autocast; the loss's in ``scored_loss``, which
+    never stores the logits) while weights and optimizer state stay float32.  On this 2-core CPU (native bf16) bfloat16 steps took 320-334 ms against
     572-633 in float32 (batch 512, two unrolled steps, 16k-token vocabulary), and a 2-epoch
     comparison on 120k pairs gave the same held-out accuracy (docs/draft-head.md); the head runs in the
     model's dtype anyway.  The CLI picks it like the model's dtype (``engine.device``):
@@ -353,6 +354,7 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
         vocab = frequent_vocab(data, train, vocab_size)
         head = DraftHead(data.features.shape[1], width, vocab, context)
     batches = _Batches(data, labels, embed.float(), score_rows(lm_head, vocab, data.features.shape[1]).float(), vocab)
+    scores = batches.scores.to(compute_dtype)  # the loss's products run in it, as autocast ran them
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
     samples = np.zeros(data.samples, bool)
     samples[data.sample_index[train.rows]] = True
@@ -388,9 +390,7 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
             with torch.autocast("cpu", dtype=compute_dtype, enabled=compute_dtype != torch.float32):
                 for step, predicted in enumerate(batches.unroll(head, rows, depth)):
                     target = torch.where(real & (offsets >= step), batches.targets[rows], -1)
-                    logits = (predicted @ batches.scores.T).float()
-                    loss = loss + torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(),
-                                                                    ignore_index=-1)
+                    loss = loss + scored_cross_entropy(predicted.flatten(0, 1), scores, target.flatten())
                     following = real[:, 1:] & real[:, :-1]
                     true_state = batches.features[rows[:, 1:]].float()
                     loss = loss + 0.1 * torch.nn.functional.smooth_l1_loss(predicted[:, :-1].float()[following],

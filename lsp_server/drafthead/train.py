@@ -338,7 +338,10 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     ``init`` continues training a trained head (a copy; its vocabulary, width and context), on
     new data without paying again for the epochs it already had.  ``progress`` hears of the
     steps every ``report_every`` seconds as well as after each epoch: an epoch of ``drafthead
-    build`` runs for half an hour on a 2-core CPU, too long to show nothing.
+    build`` runs for half an hour on a 2-core CPU, too long to show nothing.  ``evaluate``
+    runs after the last epoch only: on the held-out parts of a first build's shards one
+    evaluation took 50-55 s on the AMX Xeon (December 5), so two between epochs cost a tenth of
+    the build's training.
 
     ``time_budget`` (seconds, steps and the evaluations between epochs) ends training where the
     epochs would take longer: the one-cycle schedule then runs on the share of the budget used,
@@ -414,7 +417,8 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
                 progress(f"epoch {epoch + 1}/{epochs}: step {done}/{steps}, loss {loss.item():.3f} "
                          f"({elapsed:.0f}s, about {to_go:.0f}s to go)")
         out_of_time = done < steps and over_budget()
-        report = evaluate(head, batches) if evaluate is not None else ""
+        last_epoch = out_of_time or epoch == epochs - 1
+        report = evaluate(head, batches) if evaluate is not None and last_epoch else ""
         progress(f"epoch {epoch + 1}/{epochs} ({len(order)} windows of up to {max(context, depth)} positions): "
                  f"loss {loss.item():.3f} {report} ({time.perf_counter() - started:.0f}s)")
         if out_of_time:

@@ -48,7 +48,8 @@ def add_drafthead_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--context", type=int, default=128,
                         help="train: earlier positions the head attends to (0: none, an MLP on the last state)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6; build: 3, or 2 where it continues a head, as far as its budget allows)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 6; build: 3, or 2 where it continues a head, "
+                        "as far as its budget allows)")
     parser.add_argument("--train-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="train: the dtype of the training products, weights stay float32 (auto: bfloat16 "
                              "where the CPU runs it natively)")

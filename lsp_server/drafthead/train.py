@@ -329,10 +329,10 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     raises ValueError on a bad spec or when no position has a next token.
 
     The products run in ``compute_dtype`` (under autocast; the loss's in ``scored_loss``, which
-    never stores the logits) while weights and optimizer state stay float32.  On this 2-core CPU (native bf16) bfloat16 steps took 320-334 ms against
-    572-633 in float32 (batch 512, two unrolled steps, 16k-token vocabulary), and a 2-epoch
-    comparison on 120k pairs gave the same held-out accuracy (docs/draft-head.md); the head runs in the
-    model's dtype anyway.  The CLI picks it like the model's dtype (``engine.device``):
+    never stores the logits) while weights and optimizer state stay float32.  On this 2-core
+    CPU (native bf16) bfloat16 steps took 320-334 ms against 572-633 in float32 (batch 512, two
+    unrolled steps, 16k-token vocabulary), and a 2-epoch comparison on 120k pairs gave the same
+    held-out accuracy (docs/draft-head.md); the head runs in the model's dtype anyway.  The CLI picks it like the model's dtype (``engine.device``):
     bfloat16 emulated in software is slower than float32.
 
     ``init`` continues training a trained head (a copy; its vocabulary, width and context), on
@@ -343,7 +343,7 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     evaluation took 50-55 s on the AMX Xeon (December 5), so two between epochs cost a tenth of
     the build's training.
 
-    ``time_budget`` (seconds, steps and the evaluations between epochs) ends training where the
+    ``time_budget`` (seconds, the steps and their data) ends training where the
     epochs would take longer: the one-cycle schedule then runs on the share of the budget used,
     so the last steps still have a low rate.  ``drafthead build`` promises its minutes: on a
     2-core AMD EPYC without AMX its 2 epochs had taken 34 minutes of a build given 45 for everything.

@@ -79,8 +79,8 @@ CONTINUE_EPOCHS = 2
 """Epochs of a new head, and of a continued one, as far as the budget lets them run (the
 one-cycle schedule runs on whichever is longer, the epochs or the time).  Two and one until
 December 5, when training's loss stopped storing the logits (``scored_loss``): a step got 1.8
-times faster at the build's shapes, 1.4 times in a build on real shards, and two epochs would
-no longer fill a build's training time.  Three epochs of a new head had beaten two by 2.2
+times faster at the build's shapes, 1.45-1.7 times on real shards, and two epochs would no
+longer fill a build's training time.  Three epochs of a new head had beaten two by 2.2
 points of held-out first guesses on the same shards (December 3, AMD EPYC); on the AMX Xeon a
 first 45-minute build then made 1,020 of 3 epochs' 1,326 steps, against 811 steps before on
 the same generations, and its held-out first guesses rose from 54.3% to 56.3%

@@ -332,8 +332,9 @@ def train_draft_head(data: Dataset, train: Pairs, labels: np.ndarray, embed: tor
     never stores the logits) while weights and optimizer state stay float32.  On this 2-core
     CPU (native bf16) bfloat16 steps took 320-334 ms against 572-633 in float32 (batch 512, two
     unrolled steps, 16k-token vocabulary), and a 2-epoch comparison on 120k pairs gave the same
-    held-out accuracy (docs/draft-head.md); the head runs in the model's dtype anyway.  The CLI picks it like the model's dtype (``engine.device``):
-    bfloat16 emulated in software is slower than float32.
+    held-out accuracy (docs/draft-head.md); the head runs in the model's dtype anyway.  The CLI
+    picks it like the model's dtype (``engine.device``): bfloat16 emulated in software is slower
+    than float32.
 
     ``init`` continues training a trained head (a copy; its vocabulary, width and context), on
     new data without paying again for the epochs it already had.  ``progress`` hears of the

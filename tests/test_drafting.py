@@ -12,7 +12,7 @@ from lsp_server.engine.speculation.budget import VerifyCostModel, best_prefix
 from lsp_server.engine.speculation.draft_tree import Draft, DraftTree, build_tree
 from lsp_server.engine.speculation.drafter import DrafterConfig, SpeculativeDrafter
 from lsp_server.engine.speculation.preference_cache import PreferenceCache
-from lsp_server.engine.speculation.token_recycling import TokenRecycler
+from lsp_server.engine.speculation.token_recycling import CHUNK, TokenRecycler, top_indices
 from lsp_server.engine.speculation.verify import Verified
 
 
@@ -53,6 +53,21 @@ def test_token_recycler_grows_chains_from_remembered_top_k():
     assert drafts[0] == Draft((4, 6, 7), 1.0, "recycle")
     assert any(draft.tokens[0] == 5 for draft in drafts)
     assert recycler.drafts([]) == [] and recycler.drafts([3]) == []
+
+
+@pytest.mark.parametrize("columns", [10, 7 * CHUNK, 20 * CHUNK, 20 * CHUNK + 37, 151_936])
+def test_top_indices_give_the_values_of_topk(columns):
+    generator = torch.Generator().manual_seed(columns)
+    for trial in range(30):
+        logits = torch.randn(3, columns, generator=generator)
+        if trial % 3 == 0:
+            logits = (logits * 2).round()  # many ties
+        if trial % 5 == 0:
+            logits[:, -1] = 100.0  # the best in the columns after the last whole block
+        top = top_indices(logits, 4)
+        assert top.shape == (3, 4)
+        assert torch.equal(logits.gather(1, top), logits.topk(4, dim=-1).values)
+        assert all(len(set(row)) == 4 for row in top.tolist())
 
 
 def test_cost_model_is_monotone_and_interpolates():

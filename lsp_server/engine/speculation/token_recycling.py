@@ -16,6 +16,35 @@ import torch
 from .draft_tree import Draft
 
 
+CHUNK = 1024
+"""Columns per block in ``top_indices``' first stage."""
+
+
+def top_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of each row's ``k`` largest values [rows, k], best first: the values of
+    ``logits.topk(k)``, an index of another column holding the same value where there are ties.
+
+    In two stages: the maximum of every block of ``CHUNK`` columns, then a top-k over the
+    columns of the ``k`` blocks with the largest maxima (a column among the ``k`` largest lies
+    in one of them: otherwise ``k`` blocks hold a larger value each).  ``topk`` over the
+    default model's 151,936 logits took 0.5 ms for 3 rows on the AMX Xeon, and a pass ranks
+    two such batches; the two stages take a tenth of that."""
+    rows, columns = logits.shape
+    blocks = columns // CHUNK
+    if blocks <= 2 * k:
+        return logits.topk(k, dim=-1).indices
+    body = logits[:, : blocks * CHUNK].view(rows, blocks, CHUNK)
+    best = body.amax(dim=-1).topk(k, dim=-1).indices  # [rows, k]
+    picked = body[torch.arange(rows, device=logits.device)[:, None], best].flatten(1)  # [rows, k * CHUNK]
+    offsets = torch.arange(CHUNK, device=logits.device)
+    where = (best[..., None] * CHUNK + offsets).flatten(1)
+    tail = logits[:, blocks * CHUNK :]
+    if tail.shape[1]:
+        picked = torch.cat([picked, tail], dim=1)
+        where = torch.cat([where, torch.arange(blocks * CHUNK, columns, device=logits.device).expand(rows, -1)], dim=1)
+    return where.gather(1, picked.topk(k, dim=-1).indices)
+
+
 class TokenRecycler:
     name = "recycle"
 
@@ -29,8 +58,9 @@ class TokenRecycler:
         return len(self._next)
 
     def observe(self, tokens: Sequence[int], logits: torch.Tensor) -> None:
-        """Remember the top-k predictions after each of ``tokens`` (rows of ``logits``)."""
-        top = logits.topk(self.top_k, dim=-1).indices.tolist()
+        """Remember the top-k predictions after each of ``tokens`` (rows of ``logits``); where a
+        token appears twice, its last row wins."""
+        top = top_indices(logits, self.top_k).tolist()
         for token, successors in zip(tokens, top):
             self._next[token] = successors
 

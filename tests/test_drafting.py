@@ -55,7 +55,7 @@ def test_token_recycler_grows_chains_from_remembered_top_k():
     assert recycler.drafts([]) == [] and recycler.drafts([3]) == []
 
 
-@pytest.mark.parametrize("columns", [10, 7 * CHUNK, 20 * CHUNK, 20 * CHUNK + 37, 151_936])
+@pytest.mark.parametrize("columns", [9 * CHUNK, 20 * CHUNK, 20 * CHUNK + 37, 151_936])  # all in two stages
 def test_top_indices_give_the_values_of_topk(columns):
     generator = torch.Generator().manual_seed(columns)
     for trial in range(30):

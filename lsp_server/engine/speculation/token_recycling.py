@@ -31,7 +31,7 @@ def top_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
     two such batches; the two stages took a quarter of that."""
     rows, columns = logits.shape
     blocks = columns // CHUNK
-    if blocks <= 2 * k:
+    if blocks <= 2 * k:  # the first stage would leave half the columns or more
         return logits.topk(k, dim=-1).indices
     body = logits[:, : blocks * CHUNK].view(rows, blocks, CHUNK)
     best = body.amax(dim=-1).topk(k, dim=-1).indices  # [rows, k]
